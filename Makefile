@@ -1,0 +1,32 @@
+# Two commands for a fresh machine (see README.md):
+#   make demo   set up, record the offline demo run, reduce it and open the dashboard
+#   make test   set up (Python packages and Debian's chromium) and run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEMO   ?= data/demo
+
+.PHONY: setup chromium demo test bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+
+demo: setup
+	$(BIN)/neuromapper demo --out $(DEMO)
+
+test: setup chromium
+	$(BIN)/python -m pytest
+
+bench: setup chromium
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done

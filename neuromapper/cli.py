@@ -1,0 +1,112 @@
+"""The ``neuromapper`` command: ``demo``, ``info`` (and the later pipeline stages).
+
+Each subcommand is a thin wrapper over a library function so that everything the CLI does can
+also be done from Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def run_summary(path: str | Path) -> dict:
+    """Facts about a run for ``neuromapper info``: epochs, layers and widths, samples, accuracy."""
+    from .store import json_attr, open_run
+
+    ds = open_run(path)
+    labels = ds["label"].values
+    final_pred = ds["prediction"].isel(epoch=-1).values
+    nonfinite = ds["nonfinite"].values
+    flagged = {
+        str(layer): [int(e) for e, n in zip(ds["epoch"].values, nonfinite[:, i]) if n]
+        for i, layer in enumerate(ds["layer"].values)
+        if nonfinite[:, i].any()
+    }
+    model = json_attr(ds, "model")
+    return {
+        "path": str(path),
+        "dataset": ds.attrs.get("dataset", ""),
+        "model": model.get("class", ""),
+        "parameters": model.get("parameters"),
+        "epochs": [int(e) for e in ds["epoch"].values],
+        "layers": {str(k): int(v) for k, v in zip(ds["layer"].values, ds["layer_units"].values)},
+        "samples": int(ds.sizes["sample"]),
+        "classes": [str(c) for c in ds["class"].values],
+        "final_accuracy": float(np.mean(final_pred == labels)),
+        "metrics": sorted(str(m) for m in ds["metric_name"].values) if "metric_name" in ds.coords else [],
+        "nonfinite_epochs": flagged,
+        "hyperparameters": json_attr(ds, "hyperparameters"),
+    }
+
+
+def _print_summary(info: dict) -> None:
+    epochs = info["epochs"]
+    print(f"run        {info['path']}")
+    print(f"dataset    {info['dataset']}   model {info['model']} ({info['parameters']:,} parameters)")
+    print(f"epochs     {len(epochs)} ({epochs[0]}-{epochs[-1]})")
+    print(f"samples    {info['samples']:,}   classes {len(info['classes'])}: {', '.join(info['classes'])}")
+    print("layers     " + ", ".join(f"{k} ({v})" for k, v in info["layers"].items()))
+    print(f"accuracy   {info['final_accuracy']:.4f} on the probe at epoch {epochs[-1]}")
+    if info["metrics"]:
+        print(f"metrics    {', '.join(info['metrics'])}")
+    for layer, bad in info["nonfinite_epochs"].items():
+        print(f"WARNING    layer {layer} has non-finite activations at epochs {bad}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(out=args.out, dataset=args.dataset, epochs=args.epochs, root=args.root, n_probe=args.probe)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = run_summary(args.run)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        _print_summary(info)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data import DATASETS
+
+    parser = argparse.ArgumentParser(prog="neuromapper", description="See how a neural network learns.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train the demo CNN on offline digits and record it")
+    demo.add_argument("--dataset", choices=DATASETS, default="mnist5k")
+    demo.add_argument("--epochs", type=int, default=10)
+    demo.add_argument("--probe", type=int, default=2000, help="held-out probe samples (default 2000)")
+    demo.add_argument("--out", default="data/demo", help="run directory (default data/demo)")
+    demo.add_argument("--root", default=None, help="torchvision dataset folder for mnist/fashion-mnist/cifar10")
+    demo.add_argument("--no-serve", action="store_true", help="record only; do not open the dashboard")
+    demo.set_defaults(func=cmd_demo)
+
+    info = sub.add_parser("info", help="summarise a recorded run")
+    info.add_argument("run")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``neuromapper`` console script."""
+    from .store import RunError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (RunError, ValueError, FileNotFoundError) as exc:
+        print(f"neuromapper {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

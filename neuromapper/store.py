@@ -1,0 +1,372 @@
+"""The run store: create a run, append one epoch at a time, open it lazily, validate it.
+
+A *run* is a directory::
+
+    <run>/run.nc                   once per run: labels, class names, thumbnails, layer table,
+                                   model description and hyperparameters (JSON strings)
+    <run>/epochs/epoch-000007.nc   one file per captured epoch: activations, logits, loss,
+                                   prediction, metrics, first-conv weights, non-finite flags
+    <run>/embeddings/<key>.nc      2-D embeddings computed later by :mod:`neuromapper.reduce`
+
+Why one netCDF file per epoch (a choice that is hard to undo, so the reasons are here):
+
+* **Crash safety.** netCDF-4 files are HDF5 files, and an HDF5 file that is being appended to
+  when the process is killed can be left unreadable as a whole. Writing each epoch to
+  ``epoch-N.nc.tmp``, fsyncing it and renaming it with :func:`os.replace` (atomic on POSIX)
+  means a ``kill -9`` at any moment loses at most the epoch being written: every other file is
+  either complete or absent. Leftover ``*.tmp`` files are ignored on open.
+* **Appends never rewrite.** Capturing epoch 57 of a long run writes one small file; nothing
+  recorded earlier is touched, and reductions written beside the run never touch activations.
+* **Lazy and plain.** :func:`open_run` opens each file with dask chunks and concatenates them
+  along ``epoch``, so a run larger than memory opens instantly; each file is an ordinary netCDF
+  file that ``xarray.open_mfdataset(run/"epochs/*.nc")`` or ``netCDF4.Dataset`` reads without
+  NeuroMapper.
+
+Why one padded ``activation(epoch, layer, sample, unit)`` variable rather than one variable per
+layer: the design card asks for a Dataset indexed by epoch, layer, sample and dimension, and a
+single variable makes ``ds.activation.sel(layer="fc1", epoch=3)`` the whole API. Layers have
+different widths, so the ``unit`` axis is as long as the widest layer and ``layer_units(layer)``
+says how many units are real; the padding is NaN, which zlib compresses to almost nothing on
+disk (``benchmarks/bench_record.py`` prints the sizes). Use :func:`layer_activations` to get a
+layer's real units only.
+
+xarray attributes hold only strings and numbers, so dictionaries (hyperparameters, the model
+description) are stored as JSON strings; booleans are stored as 0/1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+SCHEMA_VERSION = 1
+RUN_FILE = "run.nc"
+EPOCH_DIR = "epochs"
+EPOCH_PATTERN = re.compile(r"^epoch-(\d{6})\.nc$")
+
+
+class RunError(ValueError):
+    """A run directory or one of its files is not what NeuroMapper expects."""
+
+
+def epoch_file(path: str | os.PathLike, epoch: int) -> Path:
+    """Path of the netCDF file that holds ``epoch`` of the run at ``path``."""
+    return Path(path) / EPOCH_DIR / f"epoch-{int(epoch):06d}.nc"
+
+
+def write_atomic(ds: xr.Dataset, target: str | os.PathLike, encoding: dict | None = None) -> Path:
+    """Write ``ds`` to ``target`` so that the file is either complete or absent.
+
+    The data go to ``target + '.tmp'``, are flushed to disk, and the file is renamed over
+    ``target``; the directory entry is fsynced too, so a completed write survives a power cut.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding or {})
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return target
+
+
+def compression_encoding(ds: xr.Dataset, complevel: int | None, chunk_sample: int = 4096) -> dict:
+    """netCDF encoding that zlib-compresses every array variable of ``ds`` at ``complevel``.
+
+    ``complevel=None`` stores the arrays uncompressed. Activations are chunked one layer and
+    epoch at a time so reading one layer across epochs (what :mod:`neuromapper.reduce` does)
+    never decompresses other layers.
+    """
+    encoding = {}
+    for name, var in ds.data_vars.items():
+        if var.ndim == 0 or var.dtype.kind in "USO":
+            continue
+        enc: dict = {"zlib": complevel is not None}
+        if complevel is not None:
+            enc["complevel"] = int(complevel)
+            enc["shuffle"] = True
+        if "sample" in var.dims:
+            enc["chunksizes"] = tuple(
+                min(size, chunk_sample) if dim == "sample" else (1 if dim in ("epoch", "layer") else size)
+                for dim, size in zip(var.dims, var.shape)
+            )
+        encoding[name] = enc
+    return encoding
+
+
+def create_run(
+    path: str | os.PathLike,
+    *,
+    labels: np.ndarray,
+    class_names: list[str],
+    layers: list[str],
+    layer_units: list[int],
+    layer_kinds: list[str],
+    images: np.ndarray | None = None,
+    sample_ids: np.ndarray | None = None,
+    attrs: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Create the run directory and write ``run.nc``, the part of a run that never changes.
+
+    ``images`` are uint8 thumbnails ``(sample, height, width, channel)``; ``attrs`` values that
+    are dicts or lists are stored as JSON strings, booleans as 0/1.
+    """
+    root = Path(path)
+    if (root / RUN_FILE).exists() or recorded_epochs(root):
+        if not overwrite:
+            raise RunError(
+                f"{root} already holds a NeuroMapper run: pass overwrite=True to replace it, "
+                "or choose another path"
+            )
+        for old in (root / EPOCH_DIR).glob("epoch-*.nc*"):
+            old.unlink()
+        for old in (root / "embeddings").glob("*.nc*"):
+            old.unlink()
+    n = len(labels)
+    coords = {
+        "sample": np.arange(n) if sample_ids is None else np.asarray(sample_ids),
+        "layer": np.array(layers, dtype=str),
+        "class": np.array(class_names, dtype=str),
+    }
+    data = {
+        "label": ("sample", np.asarray(labels, dtype=np.int16)),
+        "layer_units": ("layer", np.asarray(layer_units, dtype=np.int32)),
+        "layer_kind": ("layer", np.array(layer_kinds, dtype=str)),
+    }
+    if images is not None:
+        data["image"] = (("sample", "image_y", "image_x", "image_channel"), images.astype(np.uint8))
+    ds = xr.Dataset(data, coords=coords)
+    ds.attrs = {"neuromapper_schema": SCHEMA_VERSION}
+    for key, value in (attrs or {}).items():
+        if isinstance(value, (dict, list, tuple)):
+            value = json.dumps(value, default=str)
+        elif isinstance(value, bool):
+            value = int(value)
+        elif value is None:
+            continue
+        ds.attrs[key] = value
+    return write_atomic(ds, root / RUN_FILE, compression_encoding(ds, 4))
+
+
+def epoch_dataset(
+    epoch: int,
+    *,
+    layers: list[str],
+    activations: list[np.ndarray],
+    logits: np.ndarray,
+    loss: np.ndarray,
+    metrics: dict | None = None,
+    first_conv_weight: np.ndarray | None = None,
+) -> xr.Dataset:
+    """Build the Dataset of one epoch in the store's schema.
+
+    ``activations`` is one ``(sample, units)`` array per layer; they are padded with NaN to the
+    widest layer (see the module docstring). Non-finite values are kept as recorded and counted
+    in ``nonfinite(epoch, layer)`` so that views can flag them.
+    """
+    n = logits.shape[0]
+    width = max(a.shape[1] for a in activations)
+    act = np.full((1, len(layers), n, width), np.nan, dtype=np.float32)
+    nonfinite = np.zeros((1, len(layers)), dtype=np.int64)
+    for i, a in enumerate(activations):
+        act[0, i, :, : a.shape[1]] = a
+        nonfinite[0, i] = int(a.size - np.count_nonzero(np.isfinite(a)))
+    ds = xr.Dataset(
+        {
+            "activation": (("epoch", "layer", "sample", "unit"), act),
+            "nonfinite": (("epoch", "layer"), nonfinite),
+            "logits": (("epoch", "sample", "class"), logits[None].astype(np.float32)),
+            "prediction": (("epoch", "sample"), logits.argmax(axis=1)[None].astype(np.int16)),
+            "loss": (("epoch", "sample"), loss[None].astype(np.float32)),
+        },
+        coords={"epoch": [int(epoch)], "layer": np.array(layers, dtype=str)},
+    )
+    if metrics:
+        names = sorted(metrics)
+        ds["metric"] = (("epoch", "metric_name"), np.array([[float(metrics[k]) for k in names]]))
+        ds = ds.assign_coords(metric_name=np.array(names, dtype=str))
+    if first_conv_weight is not None:
+        ds["first_conv_weight"] = (
+            ("epoch", "out_channel", "in_channel", "kernel_y", "kernel_x"),
+            first_conv_weight[None].astype(np.float32),
+        )
+    ds.attrs = {"neuromapper_schema": SCHEMA_VERSION}
+    return ds
+
+
+PRECISIONS = ("float32", "16bit")
+
+
+def packed_int16_encoding(values: np.ndarray) -> dict:
+    """CF packing of float values into int16 (``scale_factor``/``add_offset``), NaN as fill value.
+
+    netCDF has no float16 type, so 16-bit storage uses the CF convention every netCDF reader
+    decodes: the absolute error is at most half a step of ``(max - min) / 65532``. Non-finite
+    values cannot be packed and read back as NaN (they are counted in ``nonfinite`` anyway).
+    """
+    finite = values[np.isfinite(values)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    scale = (hi - lo) / 65532 or 1.0
+    return {
+        "dtype": "int16",
+        "scale_factor": np.float32(scale),
+        "add_offset": np.float32((hi + lo) / 2),
+        "_FillValue": np.int16(-32768),
+    }
+
+
+def append_epoch(
+    path: str | os.PathLike, ds: xr.Dataset, complevel: int | None = 1, precision: str = "float32"
+) -> Path:
+    """Write one epoch (from :func:`epoch_dataset`) durably; an existing epoch is replaced.
+
+    ``precision="16bit"`` stores activations as CF-packed int16 (see
+    :func:`packed_int16_encoding`), halving their size before compression.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    epoch = int(ds["epoch"].values[0])
+    encoding = compression_encoding(ds, complevel)
+    if precision == "16bit":
+        encoding["activation"].update(packed_int16_encoding(ds["activation"].values))
+    return write_atomic(ds, epoch_file(path, epoch), encoding)
+
+
+def _read_schema(path: Path, ds: xr.Dataset) -> int:
+    version = ds.attrs.get("neuromapper_schema")
+    if version is None:
+        raise RunError(
+            f"{path} is not a NeuroMapper file: it has no 'neuromapper_schema' attribute "
+            "(expected a file written by neuromapper.Recorder)"
+        )
+    version = int(version)
+    if version > SCHEMA_VERSION:
+        raise RunError(
+            f"{path} was written with NeuroMapper schema version {version}, but this NeuroMapper "
+            f"reads schema versions up to {SCHEMA_VERSION}: upgrade neuromapper to open it"
+        )
+    return version
+
+
+def open_netcdf(path: Path, chunks: dict | None = None) -> xr.Dataset:
+    """Open one NeuroMapper netCDF file, turning low-level HDF5 errors into a clear message."""
+    try:
+        ds = xr.open_dataset(path, engine="netcdf4", chunks=chunks)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # netCDF4/HDF5 raise OSError, RuntimeError or KeyError on bad bytes
+        size = path.stat().st_size if path.exists() else 0
+        raise RunError(
+            f"{path} is truncated or corrupt ({size} bytes; expected a complete netCDF-4 file): "
+            f"{type(exc).__name__}: {exc}. Delete it to open the rest of the run"
+        ) from exc
+    _read_schema(path, ds)
+    return ds
+
+
+def run_root(path: str | os.PathLike) -> Path:
+    """Check that ``path`` is a NeuroMapper run directory and return it as a :class:`Path`."""
+    root = Path(path)
+    if not root.exists():
+        raise RunError(f"{root} does not exist (expected a NeuroMapper run directory)")
+    if not root.is_dir() or not (root / RUN_FILE).exists():
+        raise RunError(
+            f"{root} is not a NeuroMapper run: expected a directory containing {RUN_FILE} "
+            f"and {EPOCH_DIR}/epoch-NNNNNN.nc files (written by neuromapper.Recorder)"
+        )
+    return root
+
+
+def recorded_epochs(path: str | os.PathLike) -> list[int]:
+    """Epoch numbers whose files are complete, in ascending order (``*.tmp`` files are ignored)."""
+    folder = Path(path) / EPOCH_DIR
+    if not folder.is_dir():
+        return []
+    found = (EPOCH_PATTERN.match(p.name) for p in folder.iterdir())
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def open_run(path: str | os.PathLike, chunks: dict | None = None) -> xr.Dataset:
+    """Open a recorded run as one lazy :class:`xarray.Dataset`.
+
+    Parameters
+    ----------
+    path
+        The run directory given to :class:`neuromapper.Recorder`.
+    chunks
+        dask chunks per file, passed to :func:`xarray.open_dataset`; the default ``{}`` keeps the
+        on-disk chunks so nothing is read until it is used.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dimensions ``epoch``, ``layer``, ``sample``, ``unit``, ``class`` (and image/weight axes);
+        the run's attributes (``model``, ``hyperparameters`` as JSON strings, ``dataset``,
+        ``neuromapper_schema``).
+
+    Raises
+    ------
+    RunError
+        When ``path`` is not a run, a file is truncated or corrupt, a file was written by a newer
+        schema, a file disagrees with ``run.nc`` about the probe, or no epoch is recorded yet.
+    """
+    root = run_root(path)
+    chunks = {} if chunks is None else chunks
+    static = open_netcdf(root / RUN_FILE, chunks=chunks)
+    epochs = recorded_epochs(root)
+    if not epochs:
+        raise RunError(f"{root} has no recorded epochs yet (expected {root / EPOCH_DIR}/epoch-NNNNNN.nc)")
+    parts = []
+    for epoch in epochs:
+        file = epoch_file(root, epoch)
+        part = open_netcdf(file, chunks=chunks)
+        _check_epoch_part(file, part, static)
+        parts.append(part)
+    # ``join="outer"`` lets epochs carry different metric names (epoch 0 usually has none).
+    per_epoch = xr.concat(
+        parts, dim="epoch", data_vars="minimal", coords="minimal", compat="override", join="outer"
+    )
+    per_epoch.attrs = {}
+    ds = xr.merge([static, per_epoch], compat="override", join="exact", combine_attrs="override")
+    ds.attrs = dict(static.attrs)
+    ds.attrs["path"] = str(root)
+    return ds
+
+
+def _check_epoch_part(file: Path, part: xr.Dataset, static: xr.Dataset) -> None:
+    for dim in ("sample", "layer"):
+        if part.sizes.get(dim) != static.sizes.get(dim):
+            raise RunError(
+                f"{file} has {part.sizes.get(dim)} '{dim}' entries but run.nc has "
+                f"{static.sizes.get(dim)}: the file belongs to a different probe or layer set"
+            )
+    if not np.array_equal(part["layer"].values, static["layer"].values):
+        raise RunError(
+            f"{file} records layers {list(part['layer'].values)} but run.nc lists "
+            f"{list(static['layer'].values)}"
+        )
+
+
+def layer_activations(ds: xr.Dataset, layer: str) -> xr.DataArray:
+    """Activations of one layer, ``(epoch, sample, unit)``, with the NaN padding removed."""
+    layers = [str(v) for v in ds["layer"].values]
+    if layer not in layers:
+        raise RunError(f"layer {layer!r} is not in this run; recorded layers: {layers}")
+    width = int(ds["layer_units"].sel(layer=layer))
+    return ds["activation"].sel(layer=layer).isel(unit=slice(0, width))
+
+
+def json_attr(ds: xr.Dataset, name: str) -> dict:
+    """Decode a JSON-string attribute (``model``, ``hyperparameters``) into a dict."""
+    return json.loads(ds.attrs.get(name, "{}"))

@@ -1,0 +1,48 @@
+"""Shared fixtures: small real models and probes, and a small recorded run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from neuromapper import Recorder
+from neuromapper.data import DigitCNN, load_digits8
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's real 8x8 digits as (N, 1, 8, 8) tensors."""
+    return load_digits8()
+
+
+def make_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10))
+
+
+@pytest.fixture
+def mlp():
+    return make_mlp()
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory, digits):
+    """A 4-epoch run of a DigitCNN trained on 8x8 digits, 300 probe samples, 4 layers."""
+    path = tmp_path_factory.mktemp("runs") / "small"
+    torch.manual_seed(0)
+    model = DigitCNN(in_channels=1, n_classes=10, image_size=8, width=8)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x_train, y_train = digits.x[300:], digits.y[300:]
+    with Recorder(model, layers=["conv1", "conv2", "fc1", "fc2"], probe=(digits.x[:300], digits.y[:300]),
+                  class_names=digits.class_names, path=path, dataset="digits") as rec:
+        rec.capture(0)
+        for epoch in range(1, 4):
+            for start in range(0, len(y_train), 128):
+                loss = nn.functional.cross_entropy(model(x_train[start:start + 128]), y_train[start:start + 128])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            rec.capture(epoch, metrics={"train_loss": loss.item()})
+    return path
+

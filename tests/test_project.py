@@ -1,0 +1,88 @@
+"""The project's own promises: README snippet runs, conda mirror in step with pyproject, CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+# conda names the PyTorch package differently from PyPI
+CONDA_NAMES = {"torch": "pytorch"}
+
+
+def _names(requirements) -> set[str]:
+    return {re.split(r"[<>=!~ \[]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def test_readme_recorder_snippet_runs(tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- recorder-snippet -->\s*```python\n(.*?)```", readme, re.S)
+    assert block, "README.md lost its recorder snippet markers"
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block.group(1), "README.md", "exec"), {"__name__": "readme"})
+    from neuromapper import open_run
+
+    run = open_run(tmp_path / "runs" / "digits-mlp")
+    assert run["epoch"].values.tolist() == [0, 1, 2, 3, 4, 5]
+    assert run.sizes["sample"] == 500
+    losses = run["metric"].sel(metric_name="train_loss").values[1:]
+    assert losses[-1] < losses[0]  # the snippet really trains
+
+
+def test_anaconda_project_mirrors_pyproject():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    conda = yaml.safe_load((ROOT / "anaconda-project.yml").read_text())
+    wanted = {CONDA_NAMES.get(n, n) for n in _names(pyproject["project"]["dependencies"])}
+    listed = _names(p for p in conda["packages"] if isinstance(p, str)) - {"python", "pip"}
+    assert listed == wanted
+    assert {"demo", "test"} <= set(conda["commands"])
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    test_command = re.search(r"^(make test)\b", readme, re.M)
+    assert test_command
+    assert test_command.group(1) in (ROOT / ".ci" / "run").read_text()
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "neuromapper.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_info_json_of_a_recorded_run(small_run):
+    result = _cli("info", str(small_run), "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["epochs"] == [0, 1, 2, 3]
+    assert info["layers"] == {"conv1": 8, "conv2": 16, "fc1": 128, "fc2": 10}
+    assert info["samples"] == 300 and len(info["classes"]) == 10
+    assert 0.5 < info["final_accuracy"] <= 1.0
+    text = _cli("info", str(small_run)).stdout
+    assert "epochs     4 (0-3)" in text and "conv2 (16)" in text
+
+
+def test_info_on_a_folder_that_is_not_a_run(tmp_path):
+    result = _cli("info", str(tmp_path))
+    assert result.returncode == 2
+    assert "is not a NeuroMapper run" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_trains_to_95_percent_and_info_reports_it(tmp_path):
+    """The acceptance run: 10 epochs on MNIST-5k, 2,000 held-out probe samples, 4 layers."""
+    out = tmp_path / "demo"
+    result = _cli("demo", "--no-serve", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    info = json.loads(_cli("info", str(out), "--json").stdout)
+    assert info["epochs"] == list(range(11))
+    assert list(info["layers"]) == ["conv1", "conv2", "fc1", "fc2"]
+    assert info["samples"] == 2000 and len(info["classes"]) == 10
+    assert info["final_accuracy"] >= 0.95
+    assert "training on mnist5k" in result.stderr  # the tqdm progress bar

@@ -1,0 +1,206 @@
+"""The store: round trips, lazy opening, crash safety under SIGKILL, and clear errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import netCDF4
+import numpy as np
+import pytest
+import xarray as xr
+
+from neuromapper import RunError, layer_activations, open_run, store
+
+
+def _epoch(epoch: int, n: int = 30, seed: int = 0) -> xr.Dataset:
+    rng = np.random.default_rng(seed + epoch)
+    return store.epoch_dataset(
+        epoch,
+        layers=["conv.1", "fc"],
+        activations=[rng.normal(size=(n, 5)).astype(np.float32), rng.normal(size=(n, 3)).astype(np.float32)],
+        logits=rng.normal(size=(n, 4)).astype(np.float32),
+        loss=rng.random(n).astype(np.float32),
+        metrics={"val_acc": 0.25 * epoch} if epoch else None,
+        first_conv_weight=rng.normal(size=(2, 1, 3, 3)).astype(np.float32),
+    )
+
+
+def _make_run(path, epochs=3, n=30):
+    store.create_run(
+        path,
+        labels=np.arange(n) % 4,
+        class_names=["cat", "dog", "ship", "truck"],
+        layers=["conv.1", "fc"],
+        layer_units=[5, 3],
+        layer_kinds=["conv", "Linear"],
+        images=np.zeros((n, 4, 4, 1), np.uint8),
+        attrs={"hyperparameters": {"lr": 0.1, "nested": {"a": [1, 2]}}, "flag": True, "dataset": "toy"},
+    )
+    parts = [_epoch(e, n) for e in range(epochs)]
+    for part in parts:
+        store.append_epoch(path, part)
+    return parts
+
+
+def test_epoch_file_round_trip_is_identical(tmp_path):
+    part = _epoch(2)
+    file = store.append_epoch(tmp_path, part)
+    xr.testing.assert_identical(store.open_netcdf(file).load(), part)
+    assert file.name == "epoch-000002.nc"
+
+
+def test_uncompressed_round_trip(tmp_path):
+    part = _epoch(1)
+    xr.testing.assert_identical(store.open_netcdf(store.append_epoch(tmp_path, part, complevel=None)).load(), part)
+
+
+def test_16bit_packing_is_half_the_size_and_accurate(tmp_path):
+    rng = np.random.default_rng(0)
+    acts = [rng.normal(size=(4000, 64)).astype(np.float32), rng.normal(size=(4000, 10)).astype(np.float32)]
+    part = store.epoch_dataset(1, layers=["a", "b"], activations=acts, logits=np.zeros((4000, 3), np.float32),
+                               loss=np.zeros(4000, np.float32))
+    full = store.append_epoch(tmp_path / "f", part, complevel=None)
+    half = store.append_epoch(tmp_path / "h", part, complevel=None, precision="16bit")
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    back = store.open_netcdf(half).load()
+    assert back["activation"].dtype == np.float32
+    step = (max(a.max() for a in acts) - min(a.min() for a in acts)) / 65532
+    np.testing.assert_allclose(back["activation"].values, part["activation"].values, atol=step, equal_nan=True)
+    assert np.isnan(back["activation"].sel(epoch=1, layer="b").values[:, 10:]).all()  # padding stays NaN
+    with pytest.raises(ValueError, match=r"precision: expected one of \('float32', '16bit'\), got 'float8'"):
+        store.append_epoch(tmp_path / "x", part, precision="float8")
+
+
+def test_open_run_combines_epochs_lazily_with_string_coords_and_json_attrs(tmp_path):
+    parts = _make_run(tmp_path / "run")
+    ds = open_run(tmp_path / "run")
+    assert ds["activation"].chunks is not None  # dask-backed: nothing read yet
+    assert ds["epoch"].values.tolist() == [0, 1, 2]
+    assert ds["layer"].values.tolist() == ["conv.1", "fc"] and ds["layer"].dtype.kind == "U"
+    assert ds["class"].values.tolist() == ["cat", "dog", "ship", "truck"]
+    assert store.json_attr(ds, "hyperparameters") == {"lr": 0.1, "nested": {"a": [1, 2]}}
+    assert ds.attrs["flag"] == 1 and ds.attrs["neuromapper_schema"] == store.SCHEMA_VERSION
+    for part in parts:
+        e = int(part["epoch"][0])
+        for name in ("activation", "logits", "loss", "prediction", "first_conv_weight", "nonfinite"):
+            xr.testing.assert_identical(ds[name].sel(epoch=[e]).variable.load(), part[name].variable)
+    assert np.isnan(ds["metric"].sel(epoch=0, metric_name="val_acc"))
+    assert float(ds["metric"].sel(epoch=2, metric_name="val_acc")) == 0.5
+    fc = layer_activations(ds, "fc")
+    assert fc.shape == (3, 30, 3) and np.isfinite(fc.values).all()
+    with pytest.raises(RunError, match=r"layer 'nope' is not in this run; recorded layers: \['conv.1', 'fc'\]"):
+        layer_activations(ds, "nope")
+
+
+def test_plain_xarray_and_netcdf4_read_the_files(tmp_path):
+    _make_run(tmp_path / "run")
+    plain = xr.open_mfdataset(str(tmp_path / "run" / "epochs" / "*.nc"), combine="nested", concat_dim="epoch",
+                              data_vars="minimal", coords="minimal", compat="override", join="outer")
+    assert plain.sizes["epoch"] == 3
+    with netCDF4.Dataset(tmp_path / "run" / "run.nc") as nc:
+        assert nc.getncattr("neuromapper_schema") == 1
+        assert list(nc["layer"][:]) == ["conv.1", "fc"]
+
+
+def test_not_a_run(tmp_path):
+    with pytest.raises(RunError, match="does not exist"):
+        open_run(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunError, match=r"is not a NeuroMapper run: expected a directory containing run.nc"):
+        open_run(tmp_path / "empty")
+    (tmp_path / "other").mkdir()
+    xr.Dataset({"x": ("a", [1, 2])}).to_netcdf(tmp_path / "other" / "run.nc")
+    with pytest.raises(RunError, match=r"other/run.nc is not a NeuroMapper file: it has no 'neuromapper_schema'"):
+        open_run(tmp_path / "other")
+
+
+def test_no_epochs_yet(tmp_path):
+    _make_run(tmp_path / "run", epochs=0)
+    with pytest.raises(RunError, match="has no recorded epochs yet"):
+        open_run(tmp_path / "run")
+
+
+def test_truncated_epoch_file_is_named(tmp_path):
+    _make_run(tmp_path / "run")
+    victim = store.epoch_file(tmp_path / "run", 1)
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    with pytest.raises(RunError, match=r"epoch-000001.nc is truncated or corrupt \(\d+ bytes; expected a complete"):
+        open_run(tmp_path / "run")
+
+
+def test_newer_schema_is_refused(tmp_path):
+    _make_run(tmp_path / "run")
+    future = _epoch(3)
+    future.attrs["neuromapper_schema"] = store.SCHEMA_VERSION + 1
+    store.append_epoch(tmp_path / "run", future)
+    with pytest.raises(RunError, match=r"epoch-000003.nc was written with NeuroMapper schema version 2, but this "
+                                       r"NeuroMapper reads schema versions up to 1"):
+        open_run(tmp_path / "run")
+
+
+def test_epoch_from_another_probe_is_refused(tmp_path):
+    _make_run(tmp_path / "run", n=30)
+    store.append_epoch(tmp_path / "run", _epoch(5, n=31))
+    with pytest.raises(RunError, match=r"epoch-000005.nc has 31 'sample' entries but run.nc has 30"):
+        open_run(tmp_path / "run")
+
+
+def test_leftover_tmp_file_is_ignored(tmp_path):
+    _make_run(tmp_path / "run")
+    (store.epoch_file(tmp_path / "run", 3).with_suffix(".nc.tmp")).write_bytes(b"\x89HDF half written")
+    assert open_run(tmp_path / "run")["epoch"].values.tolist() == [0, 1, 2]
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, torch
+    from torch import nn
+    from neuromapper import Recorder
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
+    x, y = torch.randn(20000, 64), torch.arange(20000) % 10
+    with Recorder(model, layers=["0", "1", "2"], probe=(x, y), path=sys.argv[1], complevel=4) as rec:
+        for epoch in range(10_000):
+            with torch.no_grad():
+                model[2].bias.fill_(float(epoch))  # makes each epoch's logits checkable
+            rec.capture(epoch)
+            rec.flush()
+            print("durable", epoch, flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra_delay", [0.0, 0.13, 0.29])
+def test_sigkill_mid_run_leaves_every_finished_epoch_readable(tmp_path, extra_delay):
+    path = tmp_path / "killed"
+    durable = []
+    with subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            for line in proc.stdout:
+                durable.append(int(line.split()[1]))
+                if len(durable) >= 3:
+                    break
+            time.sleep(extra_delay)  # land the kill at different points of the next write
+            os.kill(proc.pid, signal.SIGKILL)
+            durable += [int(line.split()[1]) for line in proc.stdout]
+        finally:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    ds = open_run(path)
+    epochs = ds["epoch"].values.tolist()
+    assert epochs[: len(durable)] == durable  # every epoch reported durable is there...
+    assert epochs == list(range(len(epochs))) and len(epochs) <= len(durable) + 1  # ...and at most one more
+    logits = ds["logits"].values
+    y = ds["label"].values
+    for i, epoch in enumerate(epochs):
+        assert np.isfinite(logits[i]).all()
+        # bias = epoch shifts every logit by the same amount, so the spread stays put
+        assert abs(float(np.median(logits[i] - logits[0])) - epoch) < 1e-3
+    assert (y == np.arange(20000) % 10).all()
