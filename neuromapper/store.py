@@ -32,6 +32,12 @@ layer's real units only.
 
 xarray attributes hold only strings and numbers, so dictionaries (hyperparameters, the model
 description) are stored as JSON strings; booleans are stored as 0/1.
+
+String variables and coordinates (layer and class names) are written as fixed-width character
+arrays, not netCDF-4 variable-length strings: with netCDF4 1.7.4+ (HDF5 2.x) and xarray, opening
+a file with vlen strings again after another handle to it was closed segfaults the process
+(pydata/xarray#9093), which a dashboard serving several sessions does all the time. They read
+back as ordinary ``str`` arrays.
 """
 
 from __future__ import annotations
@@ -88,8 +94,11 @@ def compression_encoding(ds: xr.Dataset, complevel: int | None, chunk_sample: in
     never decompresses other layers.
     """
     encoding = {}
-    for name, var in ds.data_vars.items():
-        if var.ndim == 0 or var.dtype.kind in "USO":
+    for name, var in ds.variables.items():
+        if var.dtype.kind in "UO":
+            encoding[name] = {"dtype": "S1"}  # char arrays, not vlen strings: see module docstring
+            continue
+        if name not in ds.data_vars or var.ndim == 0:
             continue
         enc: dict = {"zlib": complevel is not None}
         if complevel is not None:
@@ -272,7 +281,11 @@ def open_netcdf(path: Path, chunks: dict | None = None) -> xr.Dataset:
             f"{type(exc).__name__}: {exc}. Delete it to open the rest of the run"
         ) from exc
     _read_schema(path, ds)
-    return ds
+    # char-array strings decode as object arrays; give callers plain str arrays back
+    strings = {name: var.astype(str) for name, var in ds.variables.items() if var.dtype.kind == "O"}
+    return ds.assign_coords({k: v for k, v in strings.items() if k in ds.coords}).assign(
+        {k: v for k, v in strings.items() if k in ds.data_vars}
+    )
 
 
 def run_root(path: str | os.PathLike) -> Path:

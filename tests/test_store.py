@@ -204,3 +204,27 @@ def test_sigkill_mid_run_leaves_every_finished_epoch_readable(tmp_path, extra_de
         # bias = epoch shifts every logit by the same amount, so the spread stays put
         assert abs(float(np.median(logits[i] - logits[0])) - epoch) < 1e-3
     assert (y == np.arange(20000) % 10).all()
+
+
+REOPEN = textwrap.dedent(
+    """
+    import gc, sys
+    from neuromapper import open_run
+    keep = open_run(sys.argv[1]); keep["layer_kind"].values
+    for _ in range(5):
+        other = open_run(sys.argv[1]); other["layer_kind"].values
+        del other
+        gc.collect()
+    print("reopened", keep["layer"].values.tolist())
+    """
+)
+
+
+def test_reopening_a_run_while_another_handle_closes_does_not_crash(tmp_path):
+    """A dashboard opens the same run per session; vlen strings made that segfault (xarray#9093)."""
+    _make_run(tmp_path / "run")
+    result = subprocess.run([sys.executable, "-c", REOPEN, str(tmp_path / "run")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-1000:]
+    assert "reopened ['conv.1', 'fc']" in result.stdout
+    with netCDF4.Dataset(tmp_path / "run" / "run.nc") as nc:
+        assert nc["layer"].dtype == "S1"  # stored as a char array, not a variable-length string
