@@ -1,0 +1,111 @@
+"""Pure HoloViews builders for the dashboard: no Panel, no state, each testable on its own."""
+
+from __future__ import annotations
+
+import html
+import io
+
+import holoviews as hv
+import numpy as np
+
+from .raster import Frame
+
+LAYER_SIZE = 360
+TOOLS = ["box_select", "lasso_select", "wheel_zoom", "pan", "reset"]
+
+
+def layer_image(rgba: np.ndarray, frame: Frame) -> hv.RGB:
+    """A pre-shaded raster of one layer as an ``hv.RGB`` covering ``frame``'s data range."""
+    (x0, x1), (y0, y1) = frame.x_range, frame.y_range
+    return hv.RGB(rgba, bounds=(x0, y0, x1, y1), kdims=["x", "y"])
+
+
+def rgba_source_data(rgba: np.ndarray, frame: Frame) -> dict:
+    """The Bokeh ``ImageRGBA`` source data HoloViews would make from :func:`layer_image`.
+
+    Rows are flipped (Bokeh's row 0 is the bottom) and the four bytes packed into one uint32
+    per pixel, without HoloViews' per-channel copies.
+    """
+    (x0, x1), (y0, y1) = frame.x_range, frame.y_range
+    packed = np.ascontiguousarray(rgba[::-1]).view(np.uint32)[..., 0]
+    return {"image": [packed], "x": [x0], "y": [y0], "dw": [x1 - x0], "dh": [y1 - y0]}
+
+
+def layer_options(title: str, x_range, y_range, size: int = LAYER_SIZE) -> dict:
+    """Plot options shared by the layer views: fixed axes per layer, selection tools."""
+    return dict(
+        title=title,
+        width=size,
+        height=size,
+        xlim=tuple(x_range),
+        ylim=tuple(y_range),
+        framewise=False,
+        tools=TOOLS,
+        active_tools=["box_select", "wheel_zoom"],
+        default_tools=[],
+        xaxis=None,
+        yaxis=None,
+        toolbar="above",
+        bgcolor="white",
+    )
+
+
+def trajectories(paths: dict[str, np.ndarray], colors: dict[str, str]) -> hv.Path:
+    """One line per named path (class centroid or sample) across epochs, ending at the current one."""
+    data = [{"x": p[:, 0], "y": p[:, 1], "name": name} for name, p in paths.items()]
+    if not data:  # HoloViews cannot colour-map an empty Path; an invisible NaN line stands in
+        data, colors = [{"x": np.array([np.nan]), "y": np.array([np.nan]), "name": ""}], {"": "#00000000"}
+    return hv.Path(data, vdims=["name"]).opts(
+        color="name", cmap=colors, line_width=2, alpha=0.85, show_legend=False
+    )
+
+
+def marker(x: float | None, y: float | None) -> hv.Points:
+    """A ring around the hovered sample (empty when nothing is hovered)."""
+    points = [] if x is None else [(x, y)]
+    return hv.Points(points).opts(
+        marker="circle", size=16, fill_alpha=0, line_color="black", line_width=2, tools=[]
+    )
+
+
+def training_curves(epochs: list[int], series: dict[str, np.ndarray]) -> hv.Overlay:
+    """Loss and accuracy per epoch; accuracies on [0, 1], losses on a second axis."""
+    curves = []
+    for name, values in series.items():
+        dim = "loss" if "loss" in name else "accuracy"
+        curves.append(hv.Curve((epochs, values), "epoch", hv.Dimension(dim), label=name).opts(
+            tools=["hover"], line_width=2))
+    return hv.Overlay(curves).opts(
+        multi_y=True, legend_position="right", height=170, responsive=True, show_grid=True,
+        title="training curves (probe accuracy from the recorded predictions)",
+    )
+
+
+def epoch_marker(epoch: int) -> hv.VLine:
+    """The current epoch on the training curves."""
+    return hv.VLine(epoch).opts(color="black", line_dash="dashed", line_width=1.5)
+
+
+def legend_html(legend: dict[str, str], counts: dict[str, int] | None = None) -> str:
+    """Colour swatches with names (and point counts) as a compact HTML legend."""
+    items = []
+    for name, color in legend.items():
+        count = f" <span style='color:#777'>({counts[name]:,})</span>" if counts and name in counts else ""
+        items.append(
+            f"<span style='white-space:nowrap;margin-right:10px'>"
+            f"<span style='display:inline-block;width:11px;height:11px;border-radius:2px;"
+            f"background:{color};margin-right:4px;vertical-align:-1px'></span>{html.escape(name)}{count}</span>"
+        )
+    return "<div class='nm-legend'>" + " ".join(items) + "</div>"
+
+
+def thumbnail_png(image: np.ndarray, scale: int = 4) -> bytes:
+    """A ``(y, x, channel)`` uint8 thumbnail as PNG bytes, enlarged without smoothing."""
+    from PIL import Image
+
+    pixels = image[..., 0] if image.shape[-1] == 1 else image
+    picture = Image.fromarray(np.ascontiguousarray(pixels))
+    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,257 @@
+"""What the embedding view draws, kept ready for fast player steps (no Panel, no HoloViews).
+
+An :class:`EmbeddingScene` holds, for one stored embedding, each layer's coordinates per epoch
+as contiguous float32 arrays and the per-sample facts a picture is coloured by (true class,
+prediction and loss per epoch). Turning the view state (epoch, colour-by, hidden classes,
+misclassification filter, selection) into per-point category codes is a few vectorised numpy
+operations shared by all layers; the layers then rasterize in parallel threads with
+:mod:`neuromapper.raster`. Nothing here needs the recorded activations, so a million-sample run
+costs its coordinates (8 bytes per point, layer and epoch) and not more.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from . import raster
+
+COLOR_BY = ("true class", "predicted class", "correct / incorrect", "per-sample loss")
+SHOW = ("all samples", "misclassified", "flipped since previous epoch")
+CORRECTNESS_COLORS = {"correct": "#4c78a8", "incorrect": "#e45756"}
+FLIP_COLORS = {"learned": "#54a24b", "forgotten": "#e45756"}
+UNSELECTED_COLOR = "#b4b4b4"
+UNSELECTED_ALPHA = 0.45
+
+
+def class_palette(names: list[str]) -> dict[str, str]:
+    """A fixed colour per class name (Category10, or glasbey beyond ten classes)."""
+    if len(names) <= 10:
+        colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                  "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+    else:
+        import colorcet
+
+        colors = list(colorcet.glasbey_category10)
+    return {name: colors[i % len(colors)] for i, name in enumerate(names)}
+
+
+@dataclass(frozen=True)
+class ViewState:
+    """Everything besides the layer and zoom that decides a picture."""
+
+    epoch_index: int
+    color_by: str = COLOR_BY[0]
+    hidden_classes: frozenset = frozenset()
+    show: str = SHOW[0]
+    selection_version: int = 0
+
+
+@dataclass
+class Coloring:
+    """Per-point category codes (-1 = not drawn) with one colour per code, or values to map."""
+
+    codes: np.ndarray
+    colors: np.ndarray
+    legend: dict[str, str]
+    selected: np.ndarray | None = None  # bool per point when a selection is active
+    values: np.ndarray | None = None  # per-point numbers for continuous colour (loss)
+    span: tuple[float, float] | None = None
+
+
+def robust_bounds(x: np.ndarray, y: np.ndarray, pad: float = 0.05) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Axis ranges covering 99.8% of the finite points over all epochs, padded by 5%."""
+    out = []
+    for v in (x, y):
+        finite = v[np.isfinite(v)]
+        if finite.size == 0:
+            out.append((-1.0, 1.0))
+            continue
+        lo, hi = np.percentile(finite, [0.1, 99.9]) if finite.size > 1000 else (finite.min(), finite.max())
+        span = (hi - lo) or 1.0
+        out.append((float(lo - pad * span), float(hi + pad * span)))
+    return out[0], out[1]
+
+
+class EmbeddingScene:
+    """Coordinates and sample facts of one embedding, ready to rasterize per player step.
+
+    Parameters
+    ----------
+    embedding
+        ``(epoch, layer, sample, xy)`` from :func:`neuromapper.reduce`.
+    labels
+        True class index per embedded sample.
+    predictions, loss
+        ``(epoch, sample)`` arrays aligned with ``embedding``'s epochs and samples.
+    class_names
+        Name per class index.
+    """
+
+    def __init__(self, embedding: xr.DataArray, labels, predictions, loss, class_names: list[str]):
+        self.embedding = embedding
+        self.epochs = [int(e) for e in embedding["epoch"].values]
+        self.layers = [str(v) for v in embedding["layer"].values]
+        self.samples = np.asarray(embedding["sample"].values)
+        self.class_names = list(class_names)
+        self.labels = np.asarray(labels).astype(np.int16)
+        self.predictions = np.asarray(predictions).astype(np.int16)
+        self.loss = np.asarray(loss).astype(np.float32)
+        self.correct = self.predictions == self.labels[None, :]
+        self.xs: dict[str, np.ndarray] = {}
+        self.ys: dict[str, np.ndarray] = {}
+        self.bounds = {}
+        values = embedding.transpose("layer", "epoch", "xy", "sample").values.astype(np.float32, copy=False)
+        for i, layer in enumerate(self.layers):
+            self.xs[layer] = np.ascontiguousarray(values[i, :, 0])  # (epoch, sample)
+            self.ys[layer] = np.ascontiguousarray(values[i, :, 1])
+            self.bounds[layer] = robust_bounds(self.xs[layer], self.ys[layer])
+        finite_loss = self.loss[np.isfinite(self.loss) & (self.loss > 0)]
+        self.loss_span = (
+            (float(np.log10(np.percentile(finite_loss, 1))), float(np.log10(np.percentile(finite_loss, 99))))
+            if finite_loss.size
+            else (0.0, 1.0)
+        )
+        self.palette = class_palette(self.class_names)
+        self._class_rgb = raster.hex_to_rgb([self.palette[c] for c in self.class_names])
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="neuromapper-raster")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    # -- which points, which colours -----------------------------------------------------
+    def visible(self, state: ViewState) -> np.ndarray:
+        """Bool per sample: not in a hidden class and passing the misclassification filter."""
+        keep = np.ones(len(self), dtype=bool)
+        if state.hidden_classes:
+            hidden = [self.class_names.index(c) for c in state.hidden_classes if c in self.class_names]
+            keep &= ~np.isin(self.labels, hidden)
+        e = state.epoch_index
+        if state.show == SHOW[1]:
+            keep &= ~self.correct[e]
+        elif state.show == SHOW[2]:
+            keep &= self.flips(e) != 0
+        return keep
+
+    def flips(self, epoch_index: int) -> np.ndarray:
+        """+1 where a sample became correct at this epoch (learned), -1 where it became wrong."""
+        if epoch_index == 0:
+            return np.zeros(len(self), dtype=np.int8)
+        now, before = self.correct[epoch_index], self.correct[epoch_index - 1]
+        return now.astype(np.int8) - before.astype(np.int8)
+
+    def coloring(self, state: ViewState, selected: np.ndarray | None = None) -> Coloring:
+        """Category codes and colours for ``state``; unselected points become grey."""
+        e = state.epoch_index
+        keep = self.visible(state)
+        values = span = None
+        if state.show == SHOW[2]:
+            codes = np.where(self.flips(e) > 0, 0, 1).astype(np.int8)
+            legend = dict(FLIP_COLORS)
+        elif state.color_by == COLOR_BY[0]:
+            codes, legend = self.labels.astype(np.int8), dict(self.palette)
+        elif state.color_by == COLOR_BY[1]:
+            codes, legend = self.predictions[e].astype(np.int8), dict(self.palette)
+        elif state.color_by == COLOR_BY[2]:
+            codes = (~self.correct[e]).astype(np.int8)
+            legend = dict(CORRECTNESS_COLORS)
+        elif state.color_by == COLOR_BY[3]:
+            codes = np.zeros(len(self), dtype=np.int8)
+            legend = {"low loss": "#440154", "high loss": "#fde725"}
+            with np.errstate(divide="ignore"):
+                values = np.log10(np.maximum(self.loss[e], 1e-12)).astype(np.float32)
+            span = self.loss_span
+        else:
+            raise ValueError(f"color_by: expected one of {COLOR_BY}, got {state.color_by!r}")
+        codes = np.where(keep, codes, -1).astype(np.int8)
+        colors = raster.hex_to_rgb(list(legend.values()))
+        return Coloring(codes, colors, legend, selected=selected, values=values, span=span)
+
+    # -- pictures ----------------------------------------------------------------------------
+    def default_frame(self, layer: str, width: int, height: int) -> raster.Frame:
+        x_range, y_range = self.bounds[layer]
+        return raster.Frame(x_range, y_range, width, height)
+
+    def render(self, layer: str, epoch_index: int, coloring: Coloring, frame: raster.Frame) -> np.ndarray:
+        """RGBA image ``(height, width, 4)`` of one layer at one epoch."""
+        x, y = self.xs[layer][epoch_index], self.ys[layer][epoch_index]
+        codes = coloring.codes
+        grey = None
+        if coloring.selected is not None:
+            backdrop = np.where((codes >= 0) & ~coloring.selected, 0, -1).astype(np.int8)
+            grey = raster.shade_categorical(
+                raster.count_categorical(x, y, backdrop, 1, frame),
+                raster.hex_to_rgb([UNSELECTED_COLOR]),
+                alpha_scale=UNSELECTED_ALPHA,
+            )
+            codes = np.where(coloring.selected, codes, -1).astype(np.int8)
+        if coloring.values is not None:
+            count, mean = raster.mean_value(x, y, coloring.values, codes >= 0, frame)
+            image = raster.shade_values(count, mean, _viridis_lut(), coloring.span)
+        else:
+            counts = raster.count_categorical(x, y, codes, len(coloring.colors), frame)
+            image = raster.shade_categorical(counts, coloring.colors)
+        if grey is not None:
+            image = raster.over(image, grey)
+        return raster.spread(image)
+
+    def render_layers(self, frames: dict[str, raster.Frame], epoch_index: int, coloring: Coloring) -> dict[str, np.ndarray]:
+        """Render several layers in parallel threads (the compiled loops release the GIL)."""
+        layers = list(frames)
+        images = self._pool.map(lambda layer: self.render(layer, epoch_index, coloring, frames[layer]), layers)
+        return dict(zip(layers, images))
+
+    # -- lookups ------------------------------------------------------------------------------
+    def pick(self, layer: str, epoch_index: int, x: float, y: float, radius: tuple[float, float],
+             keep: np.ndarray) -> int | None:
+        """Index of the drawn sample nearest to ``(x, y)`` within ``radius`` (data units), or None."""
+        xs, ys = self.xs[layer][epoch_index], self.ys[layer][epoch_index]
+        rx, ry = radius
+        near = np.flatnonzero((np.abs(xs - x) <= rx) & (np.abs(ys - y) <= ry) & keep)
+        if near.size == 0:
+            return None
+        d = ((xs[near] - x) / rx) ** 2 + ((ys[near] - y) / ry) ** 2
+        return int(near[np.argmin(d)])
+
+    def inside_box(self, layer: str, epoch_index: int, bounds: tuple[float, float, float, float],
+                   keep: np.ndarray) -> np.ndarray:
+        """Indices of drawn samples inside ``(x0, y0, x1, y1)`` in ``layer`` at this epoch."""
+        x0, y0, x1, y1 = bounds
+        xs, ys = self.xs[layer][epoch_index], self.ys[layer][epoch_index]
+        return np.flatnonzero((xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1) & keep)
+
+    def inside_polygon(self, layer: str, epoch_index: int, polygon: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """Indices of drawn samples inside a lasso ``polygon`` (``(k, 2)`` vertices)."""
+        from matplotlib.path import Path
+
+        x0, y0 = polygon.min(axis=0)
+        x1, y1 = polygon.max(axis=0)
+        candidates = self.inside_box(layer, epoch_index, (x0, y0, x1, y1), keep)
+        points = np.column_stack([self.xs[layer][epoch_index][candidates], self.ys[layer][epoch_index][candidates]])
+        return candidates[Path(polygon).contains_points(points)]
+
+    def centroid_paths(self, layer: str, upto: int, keep: np.ndarray) -> dict[str, np.ndarray]:
+        """Per class, the median position of its drawn samples at epochs ``0..upto``: ``(k, 2)``."""
+        xs, ys = self.xs[layer][: upto + 1], self.ys[layer][: upto + 1]
+        paths = {}
+        for i, name in enumerate(self.class_names):
+            members = np.flatnonzero((self.labels == i) & keep)
+            if members.size:
+                paths[name] = np.column_stack(
+                    [np.nanmedian(xs[:, members], axis=1), np.nanmedian(ys[:, members], axis=1)]
+                )
+        return paths
+
+    def sample_paths(self, layer: str, upto: int, members: np.ndarray) -> list[np.ndarray]:
+        """Each member's positions at epochs ``0..upto``: a list of ``(k, 2)`` arrays."""
+        xs, ys = self.xs[layer][: upto + 1, members], self.ys[layer][: upto + 1, members]
+        return [np.column_stack([xs[:, j], ys[:, j]]) for j in range(len(members))]
+
+
+def _viridis_lut() -> np.ndarray:
+    from bokeh.palettes import Viridis256
+
+    return raster.hex_to_rgb(list(Viridis256))

@@ -1,0 +1,93 @@
+"""The embedding scene: colouring rules, filters, selection rendering and lookups."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from neuromapper import raster
+from neuromapper.scene import COLOR_BY, SHOW, UNSELECTED_COLOR, EmbeddingScene, ViewState, class_palette
+
+
+def _scene(n=6):
+    # 3 epochs, 2 layers; sample i sits at (i, i) in layer "a" and (-i, i) in layer "b", moving +0.5 per epoch
+    coords = np.zeros((3, 2, n, 2), np.float32)
+    for e in range(3):
+        coords[e, 0, :, 0] = coords[e, 0, :, 1] = np.arange(n) + 0.5 * e
+        coords[e, 1, :, 0] = -np.arange(n)
+        coords[e, 1, :, 1] = np.arange(n)
+    coords[2, 0, 5] = np.nan  # unplaced in layer a at epoch 2
+    emb = xr.DataArray(coords, dims=("epoch", "layer", "sample", "xy"),
+                       coords={"epoch": [0, 5, 10], "layer": ["a", "b"], "sample": np.arange(100, 100 + n),
+                               "xy": ["x", "y"]})
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    predictions = np.array([[1, 0, 1, 0, 2, 0], [0, 0, 1, 1, 2, 0], [0, 1, 1, 1, 2, 2]])
+    loss = np.linspace(0.01, 3, 18).reshape(3, 6)
+    return EmbeddingScene(emb, labels, predictions, loss, ["cat", "dog", "owl"])
+
+
+def test_codes_per_color_by():
+    scene = _scene()
+    assert scene.coloring(ViewState(0, COLOR_BY[0])).codes.tolist() == [0, 0, 1, 1, 2, 2]
+    assert scene.coloring(ViewState(0, COLOR_BY[1])).codes.tolist() == [1, 0, 1, 0, 2, 0]
+    correctness = scene.coloring(ViewState(0, COLOR_BY[2]))
+    assert correctness.codes.tolist() == [1, 0, 0, 1, 0, 1] and list(correctness.legend) == ["correct", "incorrect"]
+    loss = scene.coloring(ViewState(1, COLOR_BY[3]))
+    assert loss.values is not None and np.all(np.diff(loss.values) > 0)
+    with pytest.raises(ValueError, match="color_by: expected one of"):
+        scene.coloring(ViewState(0, "shoe size"))
+
+
+def test_hidden_classes_and_misclassification_filters():
+    scene = _scene()
+    hidden = scene.coloring(ViewState(0, hidden_classes=frozenset({"dog"})))
+    assert hidden.codes.tolist() == [0, 0, -1, -1, 2, 2]
+    wrong = scene.coloring(ViewState(0, show=SHOW[1]))
+    assert (wrong.codes >= 0).tolist() == [True, False, False, True, False, True]
+    # epoch index 1 vs 0: sample 0 learned, 3 learned, others unchanged
+    flipped = scene.coloring(ViewState(1, show=SHOW[2]))
+    assert flipped.codes.tolist() == [0, -1, -1, 0, -1, -1] and list(flipped.legend) == ["learned", "forgotten"]
+    assert scene.flips(2).tolist() == [0, -1, 0, 0, 0, 1]  # sample 1 forgotten, sample 5 learned
+    assert scene.flips(0).tolist() == [0] * 6
+
+
+def test_render_changes_with_epoch_and_greys_unselected_points():
+    scene = _scene()
+    frame = scene.default_frame("a", 40, 40)
+    state = ViewState(0)
+    first = scene.render("a", 0, scene.coloring(state), frame)
+    second = scene.render("a", 1, scene.coloring(state), frame)
+    assert not np.array_equal(first, second)
+    selected = np.array([True, True, False, False, False, False])
+    image = scene.render("a", 0, scene.coloring(state, selected), frame)
+    grey = raster.hex_to_rgb([UNSELECTED_COLOR])[0]
+    opaque = image[image[..., 3] > 0][:, :3].astype(float)
+    cat = raster.hex_to_rgb([class_palette(["cat", "dog", "owl"])["cat"]])[0]
+    assert np.any(np.all(np.abs(opaque - grey) < 40, axis=1))  # unselected points drawn grey
+    assert np.any(np.all(np.abs(opaque - cat) < 40, axis=1))  # selected ones keep their class colour
+    images = scene.render_layers({"a": frame, "b": scene.default_frame("b", 40, 40)}, 0, scene.coloring(state))
+    assert set(images) == {"a", "b"} and images["a"].shape == (40, 40, 4)
+
+
+def test_lookups():
+    scene = _scene()
+    keep = np.ones(6, bool)
+    assert scene.pick("a", 0, 2.1, 2.05, (0.3, 0.3), keep) == 2
+    assert scene.pick("a", 0, 2.5, 2.5, (0.1, 0.1), keep) is None
+    keep_no_2 = keep.copy()
+    keep_no_2[2] = False
+    assert scene.pick("a", 0, 2.1, 2.05, (0.3, 0.3), keep_no_2) is None  # hidden points are not hoverable
+    assert scene.inside_box("a", 1, (0.9, 0.9, 3.1, 3.1), keep).tolist() == [1, 2]
+    triangle = np.array([[-0.5, -0.5], [4.5, -0.5], [4.5, 4.5]])
+    assert scene.inside_polygon("a", 0, triangle, keep).tolist() == [0, 1, 2, 3, 4]
+    paths = scene.centroid_paths("a", 2, keep)
+    assert set(paths) == {"cat", "dog", "owl"} and paths["cat"].shape == (3, 2)
+    assert paths["owl"][2].tolist() == [5.0, 5.0]  # the NaN (unplaced) sample is ignored in the median
+    assert [p.shape for p in scene.sample_paths("b", 1, np.array([0, 3]))] == [(2, 2), (2, 2)]
+
+
+def test_bounds_cover_all_epochs():
+    scene = _scene()
+    (x0, x1), (y0, y1) = scene.bounds["a"]
+    assert x0 < 0 < 5.5 < x1 and y0 < 0 < 5.5 < y1  # 5.5: sample 4 at epoch index 1 (sample 5 is NaN later)
