@@ -74,6 +74,38 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _comma_list(kind):
+    """argparse type: ``"a,b"`` -> ``[kind("a"), kind("b")]``."""
+
+    def parse(text: str) -> list:
+        try:
+            return [kind(v.strip()) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}") from None
+
+    return parse
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import time
+
+    from .export import _export
+
+    start = time.perf_counter()
+    embedding = None
+    if args.embedding:
+        from .reduce import load_embedding
+
+        embedding = load_embedding(args.run, args.embedding)
+    path, strategy = _export(
+        args.run, args.output, embedding=embedding, layers=args.layers, epochs=args.epochs, width=args.width,
+        strategy=args.strategy, thumbnails="auto", progress=True,
+    )
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) in {time.perf_counter() - start:.1f} s; "
+          f"{strategy['name']} strategy: {strategy['reason']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
 
@@ -93,6 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("run")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=cmd_info)
+
+    export = sub.add_parser("export", help="write a standalone HTML snapshot that opens offline")
+    export.add_argument("run")
+    export.add_argument("-o", "--output", default="snapshot.html", help="HTML file to write (default snapshot.html)")
+    export.add_argument("--layers", type=_comma_list(str), default=None, help="comma-separated layers (default all)")
+    export.add_argument("--epochs", type=_comma_list(int), default=None, help="comma-separated epochs (default all)")
+    export.add_argument("--width", type=int, default=360, help="pixels per layer picture (default 360)")
+    export.add_argument("--strategy", choices=["auto", "points", "images"], default="auto",
+                        help="embed points (hover labels) or pre-rendered images; auto picks the smaller file")
+    export.add_argument("--embedding", default=None, help="key of a stored embedding (default the newest)")
+    export.set_defaults(func=cmd_export)
     return parser
 
 
