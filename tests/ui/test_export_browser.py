@@ -1,0 +1,241 @@
+"""The HTML snapshot in a real browser: Debian's chromium opens the file from disk with no network.
+
+The demo-sized snapshot is exported from a synthetic run of exactly the demo's shape (2,000 probe
+samples, 4 layers, 11 epochs, 10 classes): the export sees only an embedding, labels and
+predictions, so a synthetic run exercises the same code and file size as the real demo, in about
+two seconds instead of the demo's minute of training plus its reduction. The real demo run is
+measured in ``benchmarks/RESULTS-export.md``. Hover thumbnails are checked on the session's
+small run of real 8x8 digits, which has images.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from neuromapper import export_html, layer_activations, open_run
+from neuromapper.export import _scene
+from neuromapper.synthetic import make_synthetic_run
+
+from .conftest import screenshot
+
+pytestmark = pytest.mark.browser
+
+CANVASES = "() => Array.from(document.querySelectorAll('canvas.nm-plot')).map(c => c.toDataURL())"
+RING_INK = """(layer) => {
+  const c = document.querySelector(`figure[data-layer="${layer}"] canvas.nm-ring`);
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let ink = 0;
+  for (let i = 3; i < d.length; i += 4) ink += d[i];
+  return ink;
+}"""
+
+
+def pca_embedding(run_path) -> xr.DataArray:
+    """One PCA per layer over all epochs, in ``neuromapper.reduce``'s schema (fast, deterministic).
+
+    ``trustworthiness`` is the known pattern ``0.5 + epoch / 100 + layer / 10`` so the page's
+    figures can be checked.
+    """
+    from sklearn.decomposition import PCA
+
+    ds = open_run(run_path)
+    layers = [str(v) for v in ds["layer"].values]
+    epochs = [int(e) for e in ds["epoch"].values]
+    out = np.zeros((len(epochs), len(layers), ds.sizes["sample"], 2), dtype=np.float32)
+    for j, layer in enumerate(layers):
+        acts = layer_activations(ds, layer).values
+        flat = acts.reshape(-1, acts.shape[-1])
+        out[:, j] = PCA(2, random_state=0).fit(flat).transform(flat).reshape(len(epochs), -1, 2)
+    trust = 0.5 + np.arange(len(epochs))[:, None] / 100 + np.arange(len(layers))[None, :] / 10
+    return xr.DataArray(
+        out, dims=("epoch", "layer", "sample", "xy"), name="embedding",
+        coords={"epoch": epochs, "layer": layers, "sample": ds["sample"].values, "xy": ["x", "y"],
+                "trustworthiness": (("epoch", "layer"), trust)},
+        attrs={"method": "pca", "params": json.dumps({"n_neighbors": 15}), "key": "browser-test"},
+    )
+
+
+@pytest.fixture(scope="module")
+def demo_sized(tmp_path_factory):
+    """(run, embedding, snapshot path) of a run with the demo's shape, exported with the defaults."""
+    folder = tmp_path_factory.mktemp("snapshot")
+    run = make_synthetic_run(folder / "demo-sized", n_samples=2000, n_epochs=11, n_layers=4, dims=16)
+    embedding = pca_embedding(run)
+    return run, embedding, export_html(run, folder / "snapshot.html", embedding=embedding, progress=False)
+
+
+@pytest.fixture
+def offline(context):
+    """Take the browser offline; every request is recorded and all but ``file://`` ones are refused."""
+    context.set_offline(True)
+    requests: list[str] = []
+
+    def handle(route):
+        requests.append(route.request.url)
+        if route.request.url.startswith("file://"):
+            route.continue_()
+        else:
+            route.abort()
+
+    context.route("**/*", handle)
+    yield requests
+    assert [url for url in requests if not url.startswith("file://")] == [], "the snapshot tried the network"
+
+
+def open_snapshot(page, path):
+    page.goto(path.as_uri())
+    page.wait_for_function("() => document.body.dataset.rendered", timeout=30_000)
+
+
+def rendered(page) -> int:
+    return int(page.evaluate("() => Number(document.body.dataset.rendered)"))
+
+
+def wait_rendered_after(page, count: int) -> None:
+    page.wait_for_function(f"() => Number(document.body.dataset.rendered) > {count}", timeout=10_000)
+
+
+def isolated_sample(run, embedding, layer: str, epoch_index: int, width: int) -> tuple[int, float, float]:
+    """A sample with no other within 5 px in ``layer``: (index, x, y) in page pixels of its canvas."""
+    scene, _ = _scene(open_run(run), embedding)
+    frame = scene.default_frame(layer, width, width)
+    (x0, x1), (y0, y1) = frame.x_range, frame.y_range
+    px = (scene.xs[layer][epoch_index] - x0) / (x1 - x0) * width
+    py = width - (scene.ys[layer][epoch_index] - y0) / (y1 - y0) * width
+    d = np.hypot(px[:, None] - px[None, :], py[:, None] - py[None, :])
+    np.fill_diagonal(d, np.inf)
+    inside = (px > 30) & (px < width - 30) & (py > 30) & (py < width - 30)
+    gap = np.where(inside, d.min(axis=1), -1)
+    i = int(np.argmax(gap))
+    assert gap[i] > 5, "no isolated sample to hover"
+    return i, float(px[i]), float(py[i])
+
+
+def test_demo_sized_snapshot_offline(page, offline, console_errors, demo_sized):
+    run, embedding, path = demo_sized
+    open_snapshot(page, path)
+    assert offline == [path.as_uri()]  # the file itself and nothing else
+    assert page.evaluate("() => document.body.dataset.strategy") == "points"
+    assert page.title() == "NeuroMapper snapshot: demo-sized"
+    assert "What this snapshot cannot do" in page.inner_text("#nm-cannot")
+    assert "embedded points" in page.inner_text("#nm-strategy")
+    assert page.is_hidden("#nm-no-hover")
+    assert page.locator("canvas.nm-plot").count() == 4
+    caption = page.locator('figure[data-layer="layer3"] figcaption')
+    assert "trustworthiness 0.800" in caption.inner_text()
+
+    # step the player: every layer's picture changes, and the facts follow the epoch
+    before = page.evaluate(CANVASES)
+    count = rendered(page)
+    page.click("button.next")
+    wait_rendered_after(page, count)
+    assert page.evaluate("() => document.body.dataset.epoch") == "1"
+    stepped = page.evaluate(CANVASES)
+    assert all(a != b for a, b in zip(before, stepped))
+    assert "epoch 1" in page.inner_text("#nm-epoch-label") and page.input_value("#nm-epoch") == "1"
+    assert "trustworthiness 0.810" in caption.inner_text()
+
+    # hide a class: the pictures change; show all again: the pictures are back
+    count = rendered(page)
+    page.click('button.nm-class[data-class="c3"]')
+    wait_rendered_after(page, count)
+    assert page.get_attribute('button.nm-class[data-class="c3"]', "aria-pressed") == "false"
+    hidden = page.evaluate(CANVASES)
+    assert all(a != b for a, b in zip(stepped, hidden))
+    page.click("#nm-all")
+    assert page.evaluate(CANVASES) == stepped
+
+    # colour by correctness: the pictures change and the legend counts every sample once
+    page.check('input[name="nm-color"][value="1"]')
+    assert all(a != b for a, b in zip(stepped, page.evaluate(CANVASES)))
+    legend = page.inner_text("#nm-legend")
+    counts = [int(part.split()[-1].replace(",", "")) for part in legend.split("\n") if part.strip()]
+    assert "correct" in legend and "incorrect" in legend and sum(counts) == 2000
+    page.check('input[name="nm-color"][value="0"]')
+
+    # hover a sample: a label with its id and labels, and a ring around it in every layer
+    i, x, y = isolated_sample(run, embedding, "layer2", 1, 360)
+    box = page.locator('canvas.nm-plot[data-layer="layer2"]').bounding_box()
+    page.mouse.move(box["x"] + x, box["y"] + y)
+    page.wait_for_selector("#nm-tip", state="visible")
+    ds = open_run(run)
+    tip = page.inner_text("#nm-tip")
+    truth = str(ds["class"].values[ds["label"].values[i]])
+    guess = str(ds["class"].values[ds["prediction"].values[1, i]])
+    assert f"sample {int(ds['sample'].values[i])}" in tip
+    assert f"true label: {truth}" in tip and f"predicted at epoch 1: {guess}" in tip
+    assert all(page.evaluate(RING_INK, layer) > 0 for layer in ["layer0", "layer1", "layer2", "layer3"])
+    shot = screenshot(page, "export")
+    assert shot.stat().st_size > 20_000
+
+    # leave: the label goes; play: the player runs on by itself; pause: it stops
+    page.mouse.move(5, 5)
+    page.wait_for_selector("#nm-tip", state="hidden")
+    assert page.evaluate(RING_INK, "layer0") == 0
+    page.click("button.play")
+    page.wait_for_function("() => Number(document.body.dataset.epoch) >= 3", timeout=10_000)
+    page.click("button.pause")
+    stopped = page.evaluate("() => document.body.dataset.epoch")
+    page.wait_for_timeout(1_000)
+    assert page.evaluate("() => document.body.dataset.epoch") == stopped
+    page.keyboard.press("ArrowLeft")
+    assert page.evaluate("() => document.body.dataset.epoch") == str(int(stopped) - 1)
+
+
+def test_images_snapshot_offline(page, offline, console_errors, tmp_path):
+    run = make_synthetic_run(tmp_path / "run", n_samples=600, n_epochs=4, n_layers=2, dims=16)
+    path = export_html(run, tmp_path / "images.html", embedding=pca_embedding(run), strategy="images",
+                       width=300, progress=False)
+    open_snapshot(page, path)
+    assert offline == [path.as_uri()]
+    assert page.evaluate("() => document.body.dataset.strategy") == "images"
+    assert page.is_visible("#nm-no-hover") and "pre-rendered images" in page.inner_text("#nm-strategy")
+    blank = page.evaluate("() => { const c = document.createElement('canvas'); c.width = c.height = 300; return c.toDataURL(); }")
+    first = page.evaluate(CANVASES)
+    assert blank not in first  # the masks were decoded and drawn
+    count = rendered(page)
+    page.click("button.next")
+    wait_rendered_after(page, count)
+    stepped = page.evaluate(CANVASES)
+    assert all(a != b for a, b in zip(first, stepped))
+    count = rendered(page)
+    page.click('button.nm-class[data-class="c0"]')
+    wait_rendered_after(page, count)
+    assert all(a != b for a, b in zip(stepped, page.evaluate(CANVASES)))
+    count = rendered(page)
+    page.click("#nm-none")
+    wait_rendered_after(page, count)
+    assert page.evaluate(CANVASES) == [blank, blank]
+    count = rendered(page)
+    page.click("#nm-all")
+    wait_rendered_after(page, count)
+    assert page.evaluate(CANVASES) == stepped
+    screenshot(page, "export-images")
+
+
+def test_hover_shows_the_digit(page, offline, console_errors, small_run, tmp_path):
+    embedding = pca_embedding(small_run)
+    path = export_html(small_run, tmp_path / "digits.html", embedding=embedding, progress=False)
+    open_snapshot(page, path)
+    for _ in range(3):  # to the last epoch: the untrained network of epoch 0 piles the digits up
+        page.click("button.next")
+    page.wait_for_function("() => document.body.dataset.epoch === '3'")
+    i, x, y = isolated_sample(small_run, embedding, "fc2", 3, 360)
+    box = page.locator('canvas.nm-plot[data-layer="fc2"]').bounding_box()
+    page.mouse.move(box["x"] + x, box["y"] + y)
+    page.wait_for_selector("#nm-tip canvas", state="visible")
+    pixels = page.evaluate("""() => {
+      const c = document.querySelector('#nm-tip canvas');
+      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      const out = [];
+      for (let r = 0; r < 8; r++) for (let col = 0; col < 8; col++) out.push(d[((r * 10 + 5) * c.width + col * 10 + 5) * 4]);
+      return [c.width, out];
+    }""")
+    assert pixels[0] == 80  # 8x8 thumbnail drawn 10x, without smoothing
+    digit = open_run(small_run)["image"].values[i, ..., 0]
+    assert np.array_equal(np.array(pixels[1]).reshape(8, 8), digit)
+    screenshot(page, "export-digits")
