@@ -60,8 +60,34 @@ def _print_summary(info: dict) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .reduce import reduce
 
-    run_demo(out=args.out, dataset=args.dataset, epochs=args.epochs, root=args.root, n_probe=args.probe)
+    path = run_demo(out=args.out, dataset=args.dataset, epochs=args.epochs, root=args.root, n_probe=args.probe)
+    reduce(path, progress="tqdm")
+    if not args.no_serve:
+        serve(path, port=args.port, address="127.0.0.1", show=True)
+    return 0
+
+
+def serve(run: str | Path, port: int = 5006, address: str = "127.0.0.1", show: bool = True) -> None:
+    """Serve the dashboard for ``run`` until interrupted; every browser session gets its own viewer."""
+    import panel as pn
+
+    from .app import NeuroMapper
+    from .store import run_root
+
+    run = run_root(run)  # fail here, with the clear error, rather than in the first session
+    pn.extension(notifications=True)
+    print(f"NeuroMapper dashboard for {run} at http://{address}:{port}/ (Ctrl-C to stop)")
+    pn.serve(
+        {"/": lambda: NeuroMapper(run).template()},
+        port=port, address=address, show=show, title="NeuroMapper",
+        websocket_origin=[f"{address}:{port}", f"localhost:{port}"],
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    serve(args.run, port=args.port, address=args.address, show=not args.no_show)
     return 0
 
 
@@ -118,8 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--probe", type=int, default=2000, help="held-out probe samples (default 2000)")
     demo.add_argument("--out", default="data/demo", help="run directory (default data/demo)")
     demo.add_argument("--root", default=None, help="torchvision dataset folder for mnist/fashion-mnist/cifar10")
-    demo.add_argument("--no-serve", action="store_true", help="record only; do not open the dashboard")
+    demo.add_argument("--no-serve", action="store_true", help="record and reduce only; do not open the dashboard")
+    demo.add_argument("--port", type=int, default=5006, help="dashboard port (default 5006)")
     demo.set_defaults(func=cmd_demo)
+
+    serve_cmd = sub.add_parser("serve", help="open the dashboard for a recorded run")
+    serve_cmd.add_argument("run")
+    serve_cmd.add_argument("--port", type=int, default=5006)
+    serve_cmd.add_argument("--address", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    serve_cmd.add_argument("--no-show", action="store_true", help="do not open a browser")
+    serve_cmd.set_defaults(func=cmd_serve)
 
     info = sub.add_parser("info", help="summarise a recorded run")
     info.add_argument("run")

@@ -1,0 +1,166 @@
+"""The dashboard in a real browser: Debian's chromium driven by Playwright.
+
+Each test serves a fresh app factory (one viewer per browser session, as ``panel serve`` does),
+keeps the server-side viewers it created so that browser actions can be checked against the
+Python state, and writes a screenshot to ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from neuromapper.app import NeuroMapper
+from neuromapper.scene import class_palette
+
+from .conftest import DOCUMENT_IDLE, IMAGE_CHECKSUMS, screenshot, wait_until
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def dashboard(serve, reduced_run):
+    """Serve the dashboard for the reduced test run; returns (url, viewers created so far)."""
+    viewers: list[NeuroMapper] = []
+
+    def factory():
+        viewer = NeuroMapper(reduced_run)
+        viewers.append(viewer)
+        return viewer.template()
+
+    return serve(factory), viewers
+
+
+def open_dashboard(page, url):
+    page.goto(url)
+    page.wait_for_function(DOCUMENT_IDLE, timeout=60_000)
+    wait_until(lambda: len(page.evaluate(IMAGE_CHECKSUMS)) >= 1, message="layer images")
+    return page.evaluate(IMAGE_CHECKSUMS)
+
+
+def layer_box(page, index: int):
+    """Bounding box of the drawing area of the ``index``-th layer plot (below its toolbar)."""
+    canvas = page.locator(".nm-layer").nth(index).locator("canvas").first
+    box = canvas.bounding_box()
+    return {"x": box["x"], "y": box["y"] + 30, "width": box["width"], "height": box["height"] - 30}
+
+
+def test_page_loads_with_one_plot_per_layer(page, console_errors, dashboard):
+    url, viewers = dashboard
+    checksums = open_dashboard(page, url)
+    assert sorted(checksums) == sorted(viewers[0].layers) == ["conv1", "conv2", "fc1", "fc2"]
+    assert page.locator(".nm-layer").count() == 4
+    assert "of 300 samples drawn at epoch 0" in page.locator(".nm-legend").locator("..").inner_text()
+    screenshot(page, "dashboard-loaded")
+
+
+def test_player_step_changes_every_layer(page, console_errors, dashboard):
+    url, viewers = dashboard
+    before = open_dashboard(page, url)
+    page.locator("button.next").first.click()
+    wait_until(lambda: viewers[0].epoch == 1, message="the server to reach epoch 1")
+    after = wait_until(
+        lambda: (now := page.evaluate(IMAGE_CHECKSUMS)) and all(now[k] != before[k] for k in before) and now,
+        message="every layer image to change",
+    )
+    assert set(after) == set(before)
+    screenshot(page, "dashboard-epoch-1")
+
+
+def test_hiding_a_class_changes_the_picture(page, console_errors, dashboard):
+    url, viewers = dashboard
+    before = open_dashboard(page, url)
+    page.get_by_role("button", name="3", exact=True).click()
+    wait_until(lambda: "3" not in viewers[0].classes, message="class 3 to be hidden on the server")
+    wait_until(lambda: page.evaluate(IMAGE_CHECKSUMS) != before, message="the images to change")
+    hidden = int((viewers[0].scene.labels == 3).sum())
+    drawn = f"{300 - hidden} of 300 samples drawn"
+    wait_until(lambda: drawn in page.locator(".nm-legend").locator("..").inner_text(), message=drawn)
+    screenshot(page, "dashboard-class-3-hidden")
+
+
+def test_box_selection_in_one_layer_highlights_points_in_another(page, console_errors, dashboard):
+    url, viewers = dashboard
+    before = open_dashboard(page, url)
+    box = layer_box(page, 3)  # fc2, the logits: classes are apart, a box takes some of them
+    x0, y0 = box["x"] + 0.2 * box["width"], box["y"] + 0.2 * box["height"]
+    x1, y1 = box["x"] + 0.6 * box["width"], box["y"] + 0.6 * box["height"]
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move(x1, y1, steps=8)
+    page.mouse.up()
+    viewer = viewers[0]
+    wait_until(lambda: viewer.selection is not None and 0 < len(viewer.selection) < 300, message="a selection")
+    after = wait_until(
+        lambda: (now := page.evaluate(IMAGE_CHECKSUMS)) and now["conv1"] != before["conv1"] and now,
+        message="conv1 to redraw with the selection highlighted",
+    )
+    assert after["fc2"] != before["fc2"]
+    # the other layer now shows unselected samples in grey
+    png = page.locator(".nm-layer").nth(0).locator("canvas").first.screenshot()
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3).astype(int)
+    greyish = (np.abs(pixels - pixels.mean(axis=1, keepdims=True)).max(axis=1) < 6) & (pixels.mean(axis=1) < 235)
+    assert greyish.sum() > 20
+    frame = viewer.selected()
+    assert len(frame) == len(viewer.selection) and set(frame["sample"]) == set(viewer.selection)
+    # the selection survives a player step
+    page.locator("button.next").first.click()
+    wait_until(lambda: viewer.epoch == 1, message="epoch 1")
+    assert len(viewer.selection) == len(frame)
+    screenshot(page, "dashboard-selection")
+
+
+def _coloured_pixel(page, index: int):
+    """Page coordinates and RGB of a strongly coloured pixel in the ``index``-th layer plot."""
+    canvas = page.locator(".nm-layer").nth(index).locator("canvas").first
+    box = canvas.bounding_box()
+    pixels = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB")).astype(int)
+    saturation = pixels.max(axis=2) - pixels.min(axis=2)
+    saturation[:40] = 0  # skip the toolbar
+    row, col = np.unravel_index(np.argmax(saturation), saturation.shape)
+    scale = box["width"] / pixels.shape[1]
+    return box["x"] + col * scale, box["y"] + row * scale, pixels[row, col]
+
+
+def test_hover_shows_the_sample_label(page, console_errors, dashboard):
+    url, viewers = dashboard
+    open_dashboard(page, url)
+    x, y, rgb = _coloured_pixel(page, 3)
+    page.mouse.move(x - 3, y)
+    page.mouse.move(x, y, steps=3)
+    viewer = viewers[0]
+    wait_until(lambda: viewer.hovered is not None, message="the server to pick a hovered sample")
+    card = page.locator(".nm-card").last
+    wait_until(lambda: "true:" in card.inner_text(), message="the sample card")
+    text = card.inner_text()
+    assert f"sample {viewer.hovered}" in text
+    index = int(np.flatnonzero(viewer.scene.samples == viewer.hovered)[0])
+    label = viewer.class_names[viewer.scene.labels[index]]
+    assert f"true: {label}" in text
+    # the hovered point's colour on screen is the colour of the label the card names
+    expected = np.array([int(class_palette(viewer.class_names)[label][i:i + 2], 16) for i in (1, 3, 5)])
+    assert np.abs(rgb - expected).max() < 90
+    screenshot(page, "dashboard-hover")
+
+
+def test_two_sessions_keep_separate_states(browser, console_errors, page, dashboard):
+    url, viewers = dashboard
+    first = open_dashboard(page, url)
+    other = browser.new_page(viewport={"width": 1800, "height": 1100})
+    try:
+        second_before = open_dashboard(other, url)
+        assert len(viewers) == 2
+        page.get_by_role("button", name="none", exact=True).click()
+        wait_until(lambda: viewers[0].classes == [], message="session 1 to hide every class")
+        wait_until(lambda: page.evaluate(IMAGE_CHECKSUMS) != first, message="session 1 images to change")
+        other.wait_for_timeout(500)
+        assert other.evaluate(IMAGE_CHECKSUMS) == second_before
+        assert viewers[1].classes == viewers[1].class_names
+        other.locator("button.next").first.click()
+        wait_until(lambda: viewers[1].epoch == 1, message="session 2 to step")
+        assert viewers[0].epoch == 0
+    finally:
+        other.close()
