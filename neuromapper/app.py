@@ -241,11 +241,11 @@ class NeuroMapper(pn.viewable.Viewer):
         self.status = message
 
     def _finish(self, result: xr.DataArray | None, message: str) -> None:
-        self._progress.visible = False
-        self._job = None
-        self.status = message
         if result is not None:
             self._show_embedding(result)
+        self._progress.visible = False
+        self.status = message
+        self._job = None
 
     # -- state -> pictures -----------------------------------------------------------------
     def _state(self) -> ViewState:
@@ -622,22 +622,28 @@ class NeuroMapper(pn.viewable.Viewer):
             show_name=False,
             sizing_mode="stretch_width",
         )
+        def heading(text: str) -> pn.pane.Markdown:
+            return pn.pane.Markdown(text, margin=(8, 10, 0, 10))
+
         return pn.Column(
             pn.pane.Markdown(self._run_info(), css_classes=["nm-run-info"]),
             self._player,
             self._speed,
-            pn.pane.Markdown("**classes**", margin=(5, 10, 0, 10)),
+            heading("**classes**"),
             self._class_buttons,
             pn.Row(self._all, self._none),
             pn.widgets.Select.from_param(self.param.color_by, label="colour by"),
-            pn.widgets.Select.from_param(self.param.show),
+            heading("**show** · flipped = learned or forgotten since the previous epoch"),
+            pn.widgets.RadioButtonGroup.from_param(self.param.show, color="light"),
+            heading("**trajectories** across epochs"),
             pn.widgets.RadioButtonGroup.from_param(self.param.trajectories, color="light"),
             pn.layout.Divider(),
-            pn.pane.Markdown("**embedding** (recomputed when changed; cached)", margin=(5, 10, 0, 10)),
+            heading("**embedding** · recomputed in the background when changed, cached"),
             reduce_widgets,
             self._progress,
             pn.pane.Markdown(self.param.status, css_classes=["nm-status"]),
             pn.layout.Divider(),
+            heading("**selection** (box or lasso in any layer) and **hovered sample**"),
             self._clear,
             self._sample_card(),
             sizing_mode="stretch_width",

@@ -20,7 +20,7 @@ import xarray as xr
 from . import raster
 
 COLOR_BY = ("true class", "predicted class", "correct / incorrect", "per-sample loss")
-SHOW = ("all samples", "misclassified", "flipped since previous epoch")
+SHOW = ("all", "misclassified", "flipped")  # flipped: became right (learned) or wrong (forgotten) since the previous epoch
 CORRECTNESS_COLORS = {"correct": "#4c78a8", "incorrect": "#e45756"}
 FLIP_COLORS = {"learned": "#54a24b", "forgotten": "#e45756"}
 UNSELECTED_COLOR = "#b4b4b4"
