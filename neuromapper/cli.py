@@ -41,7 +41,15 @@ def run_summary(path: str | Path) -> dict:
         "metrics": sorted(str(m) for m in ds["metric_name"].values) if "metric_name" in ds.coords else [],
         "nonfinite_epochs": flagged,
         "hyperparameters": json_attr(ds, "hyperparameters"),
+        "embeddings": _embeddings_summary(path),
     }
+
+
+def _embeddings_summary(path: str | Path) -> list[dict]:
+    from .reduce import list_embeddings
+
+    return [{k: e[k] for k in ("key", "method", "params", "epochs", "created", "backend", "seconds")}
+            for e in list_embeddings(path)]
 
 
 def _print_summary(info: dict) -> None:
@@ -56,6 +64,11 @@ def _print_summary(info: dict) -> None:
         print(f"metrics    {', '.join(info['metrics'])}")
     for layer, bad in info["nonfinite_epochs"].items():
         print(f"WARNING    layer {layer} has non-finite activations at epochs {bad}")
+    for e in info.get("embeddings", []):
+        p = e["params"]
+        print(f"embedding  {e['key']}  {e['method']} n_neighbors={p.get('n_neighbors')} min_dist={p.get('min_dist')} "
+              f"per_class={p.get('per_class')} seed={p.get('seed')} layers={','.join(p.get('layers', []))} "
+              f"({e['created']}, {e['seconds']:.1f} s, {e['backend']})")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -97,6 +110,24 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
     else:
         _print_summary(info)
+    return 0
+
+
+def cmd_reduce(args: argparse.Namespace) -> int:
+    from .reduce import find_embedding, reduce
+
+    params = dict(method=args.method, layers=args.layers, n_neighbors=args.n_neighbors, min_dist=args.min_dist,
+                  per_class=args.per_class, seed=args.seed)
+    cached = None if args.force else find_embedding(args.run, **params)
+    emb = cached if cached is not None else reduce(args.run, **params, progress="tqdm", n_jobs=args.jobs, force=args.force)
+    how = "found in the cache" if cached is not None else f"computed in {emb.attrs['seconds']:.1f} s"
+    print(f"embedding {emb.attrs['key']} ({emb.attrs['method']}, {emb.attrs['backend']}) {how}: "
+          f"{emb.sizes['epoch']} epochs x {emb.sizes['layer']} layers x {emb.sizes['sample']:,} samples")
+    print(f"{'layer':<16} {'trustworthiness':>16} {'disparity':>10} {'unplaced':>9}")
+    for layer in emb["layer"].values:
+        one = emb.sel(layer=layer)
+        print(f"{str(layer):<16} {float(one['trustworthiness'].mean()):>16.4f} "
+              f"{float(one['disparity'].mean()):>10.5f} {int(one['unplaced'].sum()):>9}")
     return 0
 
 
@@ -159,6 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("run")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=cmd_info)
+
+    from .reduce import DEFAULT_METHOD, METHODS
+
+    red = sub.add_parser("reduce", help="embed every layer in 2-D per epoch, aligned across epochs (cached)")
+    red.add_argument("run")
+    red.add_argument("--method", choices=METHODS, default=None, help=f"default {DEFAULT_METHOD}")
+    red.add_argument("--n-neighbors", type=int, default=15, help="UMAP neighbourhood size (default 15)")
+    red.add_argument("--min-dist", type=float, default=0.1, help="UMAP minimum distance (default 0.1)")
+    red.add_argument("--layers", type=_comma_list(str), default=None, help="comma-separated layers (default all)")
+    red.add_argument("--per-class", type=int, default=None, help="embed N samples per class (default all samples)")
+    red.add_argument("--seed", type=int, default=0)
+    red.add_argument("--jobs", type=int, default=None, help="worker processes, one layer each (default automatic)")
+    red.add_argument("--force", action="store_true", help="recompute even if a stored embedding matches")
+    red.set_defaults(func=cmd_reduce)
 
     export = sub.add_parser("export", help="write a standalone HTML snapshot that opens offline")
     export.add_argument("run")

@@ -1,0 +1,413 @@
+"""The reduction methods: one layer's activations over epochs -> one aligned 2-D layout per epoch.
+
+Each method is a function ``method(activations, n_neighbors, min_dist, seed, on_epoch,
+should_stop) -> (layouts, backend)`` where ``activations`` is ``(epoch, sample, unit)``, the
+layouts are ``(epoch, sample, 2)`` float32 with NaN for points that could not be placed, and
+``on_epoch(i)`` is called as each epoch's layout is final. :mod:`neuromapper.reduce` handles
+everything around them (parameters, caching, storage, parallelism, quality figures).
+
+Every method starts from the same **pre-embedding**: each epoch's activations are reduced to
+:data:`PCA_COMPONENTS` dimensions by PCA (layers that narrow are used as they are), which
+removes noise directions and makes neighbour search cheap. Samples whose activations are not
+finite at an epoch are left out of that epoch and come back as NaN.
+
+``anchored-umap`` (the default): why it is valid and why it is fast
+---------------------------------------------------------------------
+``AlignedUMAP`` minimises, jointly over all epochs, the sum of each epoch's UMAP objective plus
+an alignment penalty that pulls every point toward its own position in nearby epochs, weighted
+by how similar its neighbourhoods are there. It pays for that with a full UMAP fit per epoch
+(neighbour search, spectral initialisation and 200 optimisation epochs, whose layout it then
+throws away), a second spectral initialisation per epoch, and 200 joint optimisation epochs in
+which every gradient step also visits the point's copies in up to six neighbouring epochs.
+
+``anchored-umap`` optimises the same two terms, but one epoch at a time, in order:
+
+1. one k-nearest-neighbour graph per epoch on the pre-embedding (exact for up to
+   :data:`EXACT_KNN_MAX` points, otherwise pynndescent's NN-descent started from the previous
+   epoch's graph), turned into UMAP's fuzzy graph;
+2. the first epoch is an ordinary UMAP layout (spectral initialisation, :data:`FIRST_PASSES`
+   optimisation epochs);
+3. every later epoch starts from the previous epoch's final layout (**warm start**) and runs a
+   short optimisation (:data:`WARM_PASSES` optimisation epochs, more when the graph changed
+   more) at a lower learning rate, with an **anchor** term that pulls each point toward its
+   previous position, weighted by the Jaccard similarity of its neighbour sets in the two
+   epochs -- the same weight ``AlignedUMAP`` uses for its alignment term.
+
+This is valid because training changes a network's representation gradually: consecutive
+epochs share most of their neighbourhood structure, so the previous layout is already close to
+a minimum of the next epoch's objective and a few optimisation epochs find it, instead of the
+hundreds a random or spectral start needs. Where the structure *does* change (a class splits,
+clusters merge), the neighbour sets change, the anchor weight of the affected points drops
+toward zero, and UMAP's own attraction and repulsion are free to move them, so alignment does not
+hide real change (``tests/test_reduce.py`` checks this with a class that splits at a known
+epoch). The quality figures stored with every embedding (trustworthiness against the recorded
+activations, Procrustes disparity between epochs) show per epoch whether it worked;
+``benchmarks/bench_reduce.py`` compares them with ``AlignedUMAP``'s on the same data.
+
+The graphs of later epochs are built on a second thread while the layouts are optimised (the
+numba kernels release the GIL), so one layer keeps both cores of a small machine busy.
+
+``aligned-umap`` is umap-learn's ``AlignedUMAP`` on the same pre-embedding with identity
+relations over the probe (the reference). ``umap`` runs umap-learn's ``UMAP`` (cuML's when
+installed) on each epoch independently and rotates each layout onto the previous one
+(orthogonal Procrustes). ``pca`` is the first two principal components of each epoch, aligned
+the same way.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse
+
+from . import layout as _layout
+
+# scikit-learn, umap-learn and pynndescent are imported where they are used: together they take
+# seconds to import, which ``import neuromapper`` (and ``neuromapper info``) should not pay.
+
+__all__ = ["DEFAULT_METHOD", "METHODS", "pre_embed"]
+
+PCA_COMPONENTS = 50
+EXACT_KNN_MAX = 15_000
+FIRST_PASSES = 200
+WARM_PASSES = 30
+WARM_PASSES_MAX = 100
+WARM_ALPHA = 0.5
+ANCHOR_STRENGTH = 1.0
+SPREAD = 1.0
+
+OnEpoch = Callable[[int], None]
+ShouldStop = Callable[[], bool]
+
+
+class Stopped(Exception):
+    """Raised inside a method when ``should_stop()`` answered true."""
+
+
+def _never() -> bool:
+    return False
+
+
+def _ignore(_: int) -> None:
+    return None
+
+
+def cuml_module():
+    """cuML (GPU UMAP and nearest neighbours) when it is importable, else ``None``."""
+    try:
+        import cuml.manifold
+        import cuml.neighbors
+    except Exception:  # ImportError, or a CUDA runtime that fails to initialise
+        return None
+    return cuml
+
+
+def pre_embed(x: np.ndarray, seed: int) -> np.ndarray:
+    """PCA of one epoch's finite activations to :data:`PCA_COMPONENTS` dimensions (float32)."""
+    from sklearn.decomposition import PCA
+
+    x = np.asarray(x, dtype=np.float32)
+    if x.shape[1] <= PCA_COMPONENTS or x.shape[0] <= PCA_COMPONENTS:
+        return np.ascontiguousarray(x)
+    return PCA(n_components=PCA_COMPONENTS, random_state=seed).fit_transform(x).astype(np.float32)
+
+
+@dataclass
+class EpochGraph:
+    """One epoch's pre-embedding and neighbour graph, over the samples placed at that epoch."""
+
+    rows: np.ndarray  # indices (into the layer's samples) of the finite samples
+    data: np.ndarray  # their pre-embedding
+    knn_indices: np.ndarray | None = None  # (m, k), compact indices, the point itself first
+    knn_dists: np.ndarray | None = None
+    graph: scipy.sparse.csr_matrix | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.graph is not None
+
+
+def nearest_neighbours(data: np.ndarray, k: int, seed: int, init: np.ndarray | None = None,
+                       cuml=None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest neighbours of every row of ``data`` (itself first): indices, distances.
+
+    Exact (brute force, BLAS) up to :data:`EXACT_KNN_MAX` rows, pynndescent's NN-descent above,
+    started from ``init`` (a previous graph over the same rows) when given; cuML's brute force
+    when ``cuml`` is given.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    n = data.shape[0]
+    if cuml is not None:
+        model = cuml.neighbors.NearestNeighbors(n_neighbors=k).fit(data)
+        dists, indices = model.kneighbors(data)
+        return np.asarray(indices, dtype=np.int64), np.asarray(dists, dtype=np.float32)
+    if n <= EXACT_KNN_MAX:
+        dists, indices = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(data).kneighbors(data)
+        return indices.astype(np.int64), dists.astype(np.float32)
+    from pynndescent import NNDescent
+
+    index = NNDescent(data, n_neighbors=k, random_state=seed, n_jobs=1, init_graph=init,
+                      low_memory=True, compressed=True)
+    indices, dists = index.neighbor_graph
+    return indices.astype(np.int64), dists.astype(np.float32)
+
+
+def build_graphs(
+    activations: np.ndarray, n_neighbors: int, seed: int, cuml=None, should_stop: ShouldStop = _never
+):
+    """Yield one :class:`EpochGraph` per epoch (generator: graphs are built as they are needed)."""
+    previous = None
+    for epoch, x in enumerate(activations):
+        if should_stop():
+            raise Stopped
+        rows = np.flatnonzero(np.isfinite(x).all(axis=1))
+        g = EpochGraph(rows=rows, data=pre_embed(x[rows], seed) if len(rows) else np.empty((0, 0), np.float32))
+        if len(rows) > n_neighbors:
+            init = None
+            if previous is not None and previous.usable and np.array_equal(previous.rows, rows):
+                init = previous.knn_indices
+            g.knn_indices, g.knn_dists = nearest_neighbours(g.data, n_neighbors, seed + epoch, init, cuml)
+            g.graph = _layout.fuzzy_graph(g.knn_indices, g.knn_dists, n_neighbors)
+        previous = g
+        yield g
+
+
+def edge_schedule(graph: scipy.sparse.csr_matrix, passes: int = FIRST_PASSES):
+    """UMAP's edge list and sampling schedule: edges too weak to be sampled in ``passes`` dropped.
+
+    Returns ``heads, tails, epochs_per_sample, degree`` (degree counts kept edges per vertex;
+    a vertex with none is disconnected and cannot be placed).
+    """
+    from umap.umap_ import make_epochs_per_sample
+
+    coo = graph.tocoo()
+    keep = coo.data >= coo.data.max() / passes
+    heads, tails, weights = coo.row[keep], coo.col[keep], coo.data[keep]
+    degree = np.bincount(heads, minlength=graph.shape[0])
+    return heads, tails, make_epochs_per_sample(weights, passes), degree
+
+
+def _curve(min_dist: float) -> tuple[float, float]:
+    from umap.umap_ import find_ab_params
+
+    a, b = find_ab_params(SPREAD, min_dist)
+    return float(a), float(b)
+
+
+def _fresh_layout(g: EpochGraph, seed: int) -> np.ndarray:
+    """UMAP's initial layout: spectral, scaled to +-10 with a little noise; PCA if it fails."""
+    from umap.spectral import spectral_layout
+    from umap.umap_ import noisy_scale_coords
+
+    random_state = np.random.RandomState(seed)
+    # umap-learn warns and falls back to a *random* start when the eigensolver fails; a PCA start
+    # of the pre-embedding is better, so turn that one warning into a signal.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="Spectral initialisation failed", category=UserWarning)
+        try:
+            init = spectral_layout(g.data, g.graph, 2, random_state)
+        except UserWarning:
+            init = None
+    if init is None or not np.isfinite(init).all() or np.abs(init).max() == 0:
+        from sklearn.decomposition import PCA
+
+        init = PCA(n_components=2, random_state=seed).fit_transform(g.data)
+    return np.ascontiguousarray(noisy_scale_coords(init, random_state, max_coord=10.0, noise=0.0001))
+
+
+def anchored_umap(
+    activations: np.ndarray,
+    n_neighbors: int,
+    min_dist: float,
+    seed: int,
+    on_epoch: OnEpoch = _ignore,
+    should_stop: ShouldStop = _never,
+    *,
+    warm_passes: int = WARM_PASSES,
+    warm_alpha: float = WARM_ALPHA,
+    anchor_strength: float = ANCHOR_STRENGTH,
+) -> tuple[np.ndarray, str]:
+    """Warm-started, anchored UMAP layouts of every epoch (see the module docstring)."""
+    n_epochs, n_samples = activations.shape[:2]
+    cuml = cuml_module()
+    a, b = _curve(min_dist)
+    out = np.full((n_epochs, n_samples, 2), np.nan, dtype=np.float32)
+    previous_ids = None  # (n_samples, k) neighbour ids of the previous placed epoch, -1 if absent
+    stopped = False
+
+    def stop() -> bool:
+        return stopped or should_stop()
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuromapper-graphs") as pool:
+        graphs = build_graphs(activations, n_neighbors, seed, cuml, stop)
+        pending = pool.submit(next, graphs, None)
+        try:
+            for epoch in range(n_epochs):
+                g = pending.result()
+                if epoch + 1 < n_epochs:
+                    pending = pool.submit(next, graphs, None)
+                if should_stop():
+                    raise Stopped
+                if g.usable:
+                    ids = np.full((n_samples, n_neighbors - 1), -1, dtype=np.int64)
+                    ids[g.rows] = g.rows[g.knn_indices[:, 1:]]
+                    out[epoch] = _place_epoch(g, out[epoch - 1] if epoch else None, ids, previous_ids,
+                                              a, b, seed, epoch, n_samples, warm_passes, warm_alpha,
+                                              anchor_strength, should_stop)
+                    previous_ids = ids
+                if should_stop():
+                    raise Stopped
+                on_epoch(epoch)
+        finally:
+            stopped = True
+            pending.cancel()
+    return out, "cuml+numba" if cuml is not None else "numba"
+
+
+def _place_epoch(g, previous_layout, ids, previous_ids, a, b, seed, epoch, n_samples,
+                 warm_passes, warm_alpha, anchor_strength, should_stop):
+    heads, tails, epochs_per_sample, degree = edge_schedule(g.graph)
+    layout_seed = seed * 100_003 + epoch
+    placed_before = None
+    if previous_layout is not None:
+        placed_before = np.isfinite(previous_layout[g.rows]).all(axis=1)
+    if placed_before is None or not placed_before.any():
+        y = _fresh_layout(g, layout_seed)
+        _layout.optimize_layout(y, heads, tails, epochs_per_sample, FIRST_PASSES, a, b, seed=layout_seed,
+                                should_stop=should_stop)
+    else:
+        y = np.empty((len(g.rows), 2), dtype=np.float32)
+        y[placed_before] = previous_layout[g.rows[placed_before]]
+        _place_newcomers(y, placed_before, g.knn_indices, layout_seed)
+        overlap = _layout.neighbour_overlap(ids[g.rows], previous_ids[g.rows])
+        weight = np.where(placed_before, overlap, 0.0).astype(np.float32)
+        change = 1.0 - float(overlap[placed_before].mean())
+        passes = int(min(WARM_PASSES_MAX, round(warm_passes * (1.0 + 2.0 * change))))
+        anchor = y.copy()
+        _layout.optimize_layout(y, heads, tails, epochs_per_sample, passes, a, b, seed=layout_seed,
+                                anchor=anchor, anchor_weight=weight, anchor_strength=anchor_strength,
+                                initial_alpha=warm_alpha, should_stop=should_stop)
+    placed = np.full((n_samples, 2), np.nan, dtype=np.float32)
+    y[degree == 0] = np.nan  # disconnected: no position is meaningful
+    placed[g.rows] = y
+    return placed
+
+
+def _place_newcomers(y: np.ndarray, known: np.ndarray, knn_indices: np.ndarray, seed: int) -> None:
+    """Start points not placed in the previous epoch at the mean of their placed neighbours."""
+    missing = np.flatnonzero(~known)
+    if not len(missing):
+        return
+    rng = np.random.default_rng(seed)
+    centre, extent = y[known].mean(axis=0), y[known].std(axis=0) + 1e-3
+    for i in missing:
+        neighbours = knn_indices[i, 1:]
+        neighbours = neighbours[known[neighbours]]
+        if len(neighbours):
+            y[i] = y[neighbours].mean(axis=0) + rng.normal(scale=1e-3, size=2)
+        else:
+            y[i] = centre + rng.normal(size=2) * extent
+
+
+def aligned_umap(activations, n_neighbors, min_dist, seed, on_epoch=_ignore, should_stop=_never):
+    """umap-learn's ``AlignedUMAP`` on the PCA pre-embedding, identity relations over the probe."""
+    from umap import AlignedUMAP
+
+    n_epochs, n_samples = activations.shape[:2]
+    rows, data = [], []
+    for x in activations:
+        r = np.flatnonzero(np.isfinite(x).all(axis=1))
+        if len(r) <= n_neighbors:
+            raise ValueError(
+                f"aligned-umap needs more than n_neighbors={n_neighbors} finite samples at every epoch; "
+                f"an epoch has {len(r)} (use method='anchored-umap', which leaves such epochs empty)"
+            )
+        rows.append(r)
+        data.append(pre_embed(x[r], seed))
+    relations = []
+    for before, after in zip(rows[:-1], rows[1:]):
+        position = {int(s): i for i, s in enumerate(after)}
+        relations.append({i: position[int(s)] for i, s in enumerate(before) if int(s) in position})
+    if should_stop():
+        raise Stopped
+    with warnings.catch_warnings():
+        # AlignedUMAP builds UMAP models with the default n_jobs=-1; with a random_state umap-learn
+        # warns that it runs single-threaded for reproducibility, which is what we ask for.
+        warnings.filterwarnings("ignore", message="n_jobs value .* overridden to 1 by setting random_state",
+                                category=UserWarning)
+        model = AlignedUMAP(n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed)
+        embeddings = model.fit_transform(data, relations=relations)
+    out = np.full((n_epochs, n_samples, 2), np.nan, dtype=np.float32)
+    for epoch, (r, emb) in enumerate(zip(rows, embeddings)):
+        out[epoch, r] = emb
+        on_epoch(epoch)
+    return out, "umap-learn"
+
+
+def _procrustes_onto(previous: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Rotate/reflect and translate ``current`` onto ``previous`` (orthogonal Procrustes)."""
+    import scipy.linalg
+
+    both = np.isfinite(previous).all(axis=1) & np.isfinite(current).all(axis=1)
+    if both.sum() < 3:
+        return current
+    p_mean = previous[both].mean(axis=0)
+    c_mean = current[both].mean(axis=0)
+    rotation, _ = scipy.linalg.orthogonal_procrustes(current[both] - c_mean, previous[both] - p_mean)
+    return ((current - c_mean) @ rotation + p_mean).astype(np.float32)
+
+
+def umap_per_epoch(activations, n_neighbors, min_dist, seed, on_epoch=_ignore, should_stop=_never):
+    """Independent UMAP per epoch (cuML's when installed), Procrustes-aligned to the epoch before."""
+    cuml = cuml_module()
+    if cuml is None:
+        from umap import UMAP
+    n_epochs, n_samples = activations.shape[:2]
+    out = np.full((n_epochs, n_samples, 2), np.nan, dtype=np.float32)
+    for epoch, x in enumerate(activations):
+        if should_stop():
+            raise Stopped
+        r = np.flatnonzero(np.isfinite(x).all(axis=1))
+        if len(r) > n_neighbors:
+            data = pre_embed(x[r], seed)
+            if cuml is not None:
+                model = cuml.manifold.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed)
+            else:
+                model = UMAP(n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1)
+            out[epoch, r] = np.asarray(model.fit_transform(data), dtype=np.float32)
+            if epoch:
+                out[epoch] = _procrustes_onto(out[epoch - 1], out[epoch])
+        on_epoch(epoch)
+    return out, "cuml" if cuml is not None else "umap-learn"
+
+
+def pca_per_epoch(activations, n_neighbors, min_dist, seed, on_epoch=_ignore, should_stop=_never):
+    """First two principal components of each epoch, Procrustes-aligned to the epoch before."""
+    from sklearn.decomposition import PCA
+
+    n_epochs, n_samples = activations.shape[:2]
+    out = np.full((n_epochs, n_samples, 2), np.nan, dtype=np.float32)
+    for epoch, x in enumerate(activations):
+        if should_stop():
+            raise Stopped
+        r = np.flatnonzero(np.isfinite(x).all(axis=1))
+        if len(r) >= 3 and x.shape[1] >= 2:
+            out[epoch, r] = PCA(n_components=2, random_state=seed).fit_transform(x[r]).astype(np.float32)
+            if epoch:
+                out[epoch] = _procrustes_onto(out[epoch - 1], out[epoch])
+        on_epoch(epoch)
+    return out, "scikit-learn"
+
+
+METHODS: dict[str, Callable] = {
+    "anchored-umap": anchored_umap,
+    "aligned-umap": aligned_umap,
+    "umap": umap_per_epoch,
+    "pca": pca_per_epoch,
+}
+DEFAULT_METHOD = "anchored-umap"
