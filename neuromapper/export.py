@@ -34,12 +34,16 @@ Design (the parts that are hard to undo, and why):
     picture area and structure, hardly with samples; there are no hover labels because the
     points are not in the file.
 
-  ``strategy="auto"`` computes the points size exactly and estimates the images size by
-  rendering the first and last epoch of every layer, then takes the smaller, except that above
-  :data:`POINTS_MAX_SAMPLES` samples it always takes images: drawing and hit-testing that many
-  points per player step in plain JavaScript stops feeling instant on a laptop. The page states
-  which strategy was used and both size estimates. ``benchmarks/RESULTS-export.md`` has the
-  figures for the demo run (points win) and a 100,000-sample run (images win).
+  ``strategy="auto"`` computes the points size exactly (:func:`points_bytes`). Up to
+  :data:`POINTS_SMALL_BYTES` (2 MB, fine to e-mail) it takes points without rendering anything
+  to compare: hover labels are worth more than a smaller file that is already small, and
+  rendering the estimate costs seconds (datashader's spreading is compiled on first use).
+  Above that it estimates the images size by rendering the first and last epoch of every layer
+  (kept for the export) and takes the smaller; above :data:`POINTS_MAX_SAMPLES` samples it
+  always takes images, because drawing and hit-testing that many points per player step in
+  plain JavaScript stops feeling instant on a laptop. The page states the strategy and why.
+  ``benchmarks/RESULTS-export.md`` has the figures for the demo run (points, about 1 MB) and a
+  100,000-sample run (images).
 * **The project's colouring, not a second one.** Colours and codes come from
   :class:`neuromapper.scene.EmbeddingScene` (``palette`` from :func:`~neuromapper.scene.class_palette`,
   correctness codes from :meth:`~neuromapper.scene.EmbeddingScene.coloring` with
@@ -48,6 +52,9 @@ Design (the parts that are hard to undo, and why):
   own mask, overlapping classes stack by opacity rather than mixing per pixel as the dashboard's
   single categorical raster does; in the points strategy points are drawn as small dots of a
   fixed size, which is what the dashboard's spread raster shows for runs this small.
+* **Plain base64, no compression of the points.** zlib saves only 6-12% on the demo's 16-bit
+  coordinates (they are close to noise in the low byte), not worth a decompression step in the
+  page. The pictures are PNGs, compressed already, and cropped to where their group has points.
 * **Fixed frames.** Each layer keeps the dashboard's default view (the robust bounds of all
   exported epochs, :meth:`~neuromapper.scene.EmbeddingScene.default_frame`), so the player
   never rescales an axis between epochs.
@@ -76,6 +83,7 @@ from .store import json_attr, open_run
 
 STRATEGIES = ("auto", "points", "images")
 POINTS_MAX_SAMPLES = 50_000
+POINTS_SMALL_BYTES = 2_000_000
 THUMBNAIL_MAX_SAMPLES = 5_000
 WIDTH_RANGE = (64, 2048)
 MODES = (COLOR_BY[0], COLOR_BY[2])  # "true class", "correct / incorrect"
@@ -85,10 +93,10 @@ MAX_SPREAD_PX = 5  # the largest radius _spread_px looks for
 
 @dataclass
 class Estimate:
-    """Expected bytes of the data block (after base64) for each strategy."""
+    """Expected bytes of the data block (after base64) for each strategy; ``None``: not estimated."""
 
     points: int
-    images: int
+    images: int | None
     thumbnails: int
 
 
@@ -124,8 +132,9 @@ def export_html(
         Width and height of each layer's picture in CSS pixels (64-2048).
     strategy
         ``"points"`` (coordinates drawn by the page, with hover labels), ``"images"``
-        (pictures pre-rendered per epoch, layer, class and correctness) or ``"auto"`` (the
-        smaller file; images above :data:`POINTS_MAX_SAMPLES` samples). See the module docstring.
+        (pictures pre-rendered per epoch, layer, class and correctness) or ``"auto"`` (points
+        up to 2 MB, else the smaller file; images above :data:`POINTS_MAX_SAMPLES` samples).
+        See the module docstring.
     thumbnails
         Show each sample's input image in hover labels (points strategy, runs with images
         only); ``"auto"`` includes them up to :data:`THUMBNAIL_MAX_SAMPLES` samples.
@@ -166,20 +175,21 @@ def _export(run, path, *, embedding, layers, epochs, width, strategy, thumbnails
     )
     sprite = _thumbnail_sprite(ds["image"].values[position]) if want_thumbs else None
     rendered: dict = {}
-    if strategy == "points":
-        chosen, reason = "points", "chosen by the caller (strategy='points')"
-        estimate = None
+    estimate = Estimate(points=points_bytes(scene), images=None,
+                        thumbnails=_b64_len(len(sprite)) if sprite else 0)
+    if strategy == "images" or (strategy == "auto" and needs_images_estimate(len(scene), estimate.points)):
+        estimate.images = estimate_images_bytes(scene, width, rendered)
+    if strategy == "auto":
+        chosen, reason = choose_strategy(len(scene), estimate)
     else:
-        estimate = estimate_sizes(scene, width, sprite, rendered=rendered)
-        chosen, reason = choose_strategy(len(scene), estimate) if strategy == "auto" else (
-            "images", "chosen by the caller (strategy='images')")
+        chosen, reason = strategy, f"chosen by the caller (strategy={strategy!r})"
 
     data = _metadata(ds, embedding, scene, width)
     if chosen == "points":
         data["points"] = _points_payload(ds, scene, position, width, sprite)
     else:
         data["images"] = _images_payload(scene, width, progress, rendered)
-    data["strategy"] = {"name": chosen, "reason": reason, "estimate": None if estimate is None else vars(estimate)}
+    data["strategy"] = {"name": chosen, "reason": reason, "estimate": vars(estimate)}
     page = _page(data)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -271,16 +281,29 @@ def _b64_len(n_bytes: int) -> int:
     return 4 * math.ceil(n_bytes / 3)
 
 
-def estimate_sizes(scene: EmbeddingScene, width: int, sprite: bytes | None = None, rendered: dict | None = None) -> Estimate:
-    """Bytes each strategy adds to the file (base64 included).
-
-    The points size is exact arithmetic. The images size is measured on the first and last
-    epoch of every layer (the most mixed and the most separated pictures) and scaled to all
-    epochs; those renders are kept in ``rendered`` so an images export does not redo them.
-    """
+def points_bytes(scene: EmbeddingScene) -> int:
+    """Exact bytes the points strategy's arrays add (base64 included), thumbnails apart."""
     n, n_epochs, n_layers = len(scene), len(scene.epochs), len(scene.layers)
-    per_sample = n_layers * n_epochs * 4 + 2 * n_epochs + 2  # coordinates, predictions + codes, label + code
-    points = _b64_len(n * per_sample) + (_b64_len(4 * n) if _sample_ids(scene) is not None else 0)
+    code = 1 if len(scene.class_names) <= 255 else 2  # bytes per class code, as _code_dtype
+    coords = n_layers * 2 * _b64_len(2 * n * n_epochs)  # x and y, uint16 per sample and epoch
+    facts = 2 * _b64_len(code * n) + 2 * _b64_len(code * n * n_epochs)  # label, class code; prediction, correctness
+    ids = _b64_len(4 * n) if _sample_ids(scene) is not None else 0
+    return coords + facts + ids
+
+
+def needs_images_estimate(n_samples: int, points: int) -> bool:
+    """Whether ``strategy="auto"`` must render pictures to decide (see :func:`choose_strategy`)."""
+    return n_samples > POINTS_MAX_SAMPLES or points > POINTS_SMALL_BYTES
+
+
+def estimate_images_bytes(scene: EmbeddingScene, width: int, rendered: dict | None = None) -> int:
+    """Bytes the images strategy adds (base64 included), measured on two epochs.
+
+    The first and last epoch of every layer (the most mixed and the most separated pictures)
+    are rendered and their average scaled to all epochs; the renders are kept in ``rendered``
+    so that an images export does not redo them.
+    """
+    n_epochs = len(scene.epochs)
     sampled = sorted({0, n_epochs - 1})
     total = 0
     for e in sampled:
@@ -289,21 +312,32 @@ def estimate_sizes(scene: EmbeddingScene, width: int, sprite: bytes | None = Non
             if rendered is not None:
                 rendered[(e, layer)] = masks
             total += sum(_b64_len(len(png)) + 16 for _, _, png in masks if png)
-    images = int(total / len(sampled) * n_epochs)
-    return Estimate(points=points, images=images, thumbnails=_b64_len(len(sprite)) if sprite else 0)
+    return int(total / len(sampled) * n_epochs)
 
 
 def choose_strategy(n_samples: int, estimate: Estimate) -> tuple[str, str]:
-    """``("points" | "images", reason)`` for ``strategy="auto"`` (see the module docstring)."""
-    sizes = f"points {_mb(estimate.points)} vs images {_mb(estimate.images)}"
+    """``("points" | "images", reason)`` for ``strategy="auto"``.
+
+    Above :data:`POINTS_MAX_SAMPLES` samples: images. Otherwise points when they take at most
+    :data:`POINTS_SMALL_BYTES` (small enough to e-mail, and only points give hover labels, so
+    rendering pictures to compare is not worth its time); else the smaller of the two.
+    """
+    if n_samples <= POINTS_MAX_SAMPLES and estimate.points <= POINTS_SMALL_BYTES:
+        return "points", (
+            f"embedded points take {_mb(estimate.points)}, under {_mb(POINTS_SMALL_BYTES)}: small enough "
+            "to e-mail, and only points allow hover labels"
+        )
+    if estimate.images is None:
+        raise ValueError("estimate: images size needed to choose (see needs_images_estimate)")
+    sizes = f"estimated points {_mb(estimate.points)} vs images {_mb(estimate.images)}"
     if n_samples > POINTS_MAX_SAMPLES:
         return "images", (
             f"{n_samples:,} samples is more than the page draws smoothly as points "
-            f"(limit {POINTS_MAX_SAMPLES:,}); estimated {sizes}"
+            f"(limit {POINTS_MAX_SAMPLES:,}); {sizes}"
         )
     if estimate.points <= estimate.images:
-        return "points", f"the smaller file: estimated {sizes}"
-    return "images", f"the smaller file: estimated {sizes}"
+        return "points", f"the smaller file: {sizes}"
+    return "images", f"the smaller file: {sizes}"
 
 
 def _mb(n_bytes: int) -> str:
@@ -479,10 +513,10 @@ def _frame_masks(scene: EmbeddingScene, layer: str, epoch_index: int, width: int
 
 
 def _white(alpha: np.ndarray) -> np.ndarray:
-    rgba = np.full(alpha.shape + (4,), 255, dtype=np.uint8)
-    rgba[..., 3] = alpha
-    rgba[alpha == 0] = 0
-    return rgba
+    """White RGBA of opacity ``alpha`` (fully transparent black where ``alpha`` is 0)."""
+    # one uint32 per pixel, little-endian bytes R, G, B, A: A << 24 | 0xFFFFFF where lit
+    packed = np.where(alpha > 0, (alpha.astype(np.uint32) << 24) | 0x00FFFFFF, 0).astype("<u4")
+    return packed.view(np.uint8).reshape(alpha.shape + (4,))
 
 
 def _spread_alpha(alpha: np.ndarray, px: int) -> np.ndarray:

@@ -80,11 +80,15 @@ def test_points_snapshot_is_self_contained_and_faithful(synth, tmp_path):
     assert "default-src 'none'" in text
     assert len(re.findall(r"<script\b", text)) == 2  # the data block and the inline script, nothing external
     data = page_data(out)
-    assert data["strategy"]["name"] == "points" and "smaller file" in data["strategy"]["reason"]
+    assert data["strategy"]["name"] == "points" and "under 2.00 MB" in data["strategy"]["reason"]
+    # the points estimate is exact: it is the sum of the arrays in the file
+    points = data["points"]
+    arrays = [points["label"], points["prediction"], *points["codes"]]
+    arrays += [c[axis] for c in points["coords"].values() for axis in ("x", "y")]
+    assert data["strategy"]["estimate"]["points"] == sum(len(a["b64"]) for a in arrays)
     assert data["epochs"] == [0, 1, 2, 3] and data["layers"] == ["layer0", "layer1", "layer2"]
     assert out.stat().st_size < 400_000  # 600 x 3 x 4 x 4 bytes of coordinates plus a ~25 kB page
     # coordinates survive the 16-bit quantisation to well under a pixel
-    points = data["points"]
     for j, layer in enumerate(data["layers"]):
         c = points["coords"][layer]
         x = c["xRange"][0] + decode(c["x"]).astype(float) / 65534 * (c["xRange"][1] - c["xRange"][0])
@@ -138,20 +142,33 @@ def test_images_strategy_matches_the_dashboard_raster(synth, tmp_path):
     assert groups[3] == {"cls": 1, "colors": [class_palette(scene.class_names)["c1"], CORRECTNESS_COLORS["incorrect"]]}
 
 
-def test_auto_strategy_follows_size(tmp_path, monkeypatch):
-    assert choose_strategy(2_000, Estimate(points=500_000, images=700_000, thumbnails=0))[0] == "points"
-    assert choose_strategy(2_000, Estimate(points=900_000, images=700_000, thumbnails=0))[0] == "images"
+def test_auto_strategy_rules():
+    small, big = export.POINTS_SMALL_BYTES, export.POINTS_SMALL_BYTES + 1
+    name, reason = choose_strategy(2_000, Estimate(points=small, images=None, thumbnails=0))
+    assert name == "points" and "hover labels" in reason  # small enough: no pictures rendered to compare
+    assert choose_strategy(2_000, Estimate(points=big, images=big + 1, thumbnails=0))[0] == "points"
+    assert choose_strategy(2_000, Estimate(points=big, images=big - 1, thumbnails=0))[0] == "images"
     name, reason = choose_strategy(export.POINTS_MAX_SAMPLES + 1, Estimate(points=1, images=2, thumbnails=0))
     assert name == "images" and f"{export.POINTS_MAX_SAMPLES:,}" in reason
-    # real runs: few samples over many epochs -> points; many samples, few epochs -> images
+    with pytest.raises(ValueError, match="estimate: images size needed"):
+        choose_strategy(2_000, Estimate(points=big, images=None, thumbnails=0))
+
+
+def test_auto_strategy_follows_size(tmp_path, monkeypatch):
     small = make_synthetic_run(tmp_path / "small", n_samples=300, n_epochs=3, n_layers=1, dims=16)
     big = make_synthetic_run(tmp_path / "big", n_samples=30_000, n_epochs=3, n_layers=1, dims=16)
+    # a small points file is taken without rendering pictures to compare
+    data = page_data(export_html(small, tmp_path / "s.html", embedding=pca_embedding(small), progress=False))
+    assert data["strategy"]["name"] == "points" and data["strategy"]["estimate"]["images"] is None
+    # compared on size: few samples -> points; many samples over few epochs -> images
+    monkeypatch.setattr(export, "POINTS_SMALL_BYTES", 0)
     sizes = {}
     for name, run in [("small", small), ("big", big)]:
         out = export_html(run, tmp_path / f"{name}.html", embedding=pca_embedding(run), width=200, progress=False)
         data = page_data(out)
         sizes[name] = data["strategy"]["estimate"]
         assert data["strategy"]["name"] == ("points" if name == "small" else "images"), data["strategy"]
+        assert "the smaller file" in data["strategy"]["reason"]
     assert sizes["small"]["points"] < sizes["small"]["images"]
     assert sizes["big"]["points"] > sizes["big"]["images"]
     # the sample limit forces images even when points would be smaller

@@ -186,6 +186,27 @@ def test_demo_sized_snapshot_offline(page, offline, console_errors, demo_sized):
     assert page.evaluate("() => document.body.dataset.epoch") == str(int(stopped) - 1)
 
 
+def test_small_dots_for_many_points(page, offline, console_errors, demo_sized, tmp_path):
+    """At 2,000 points in 200 px the dots are a pixel wide and written straight into the image."""
+    run, embedding, _ = demo_sized
+    path = export_html(run, tmp_path / "dots.html", embedding=embedding, width=200, strategy="points", progress=False)
+    open_snapshot(page, path)
+    i, x, y = isolated_sample(run, embedding, "layer1", 0, 200)
+    ds = open_run(run)
+    color = json.loads(page.evaluate("() => document.getElementById('nm-data').textContent"))["modes"][0]["colors"][
+        int(ds["label"].values[i])]
+    pixel = page.evaluate(
+        "([x, y]) => Array.from(document.querySelector('canvas.nm-plot[data-layer=\"layer1\"]')"
+        ".getContext('2d').getImageData(x, y, 1, 1).data)", [int(round(x)), int(round(y))])
+    expected = [int(color[k : k + 2], 16) for k in (1, 3, 5)]
+    assert pixel[3] == 204 and all(abs(a - b) <= 1 for a, b in zip(pixel[:3], expected))  # its class colour at 0.8
+    before = page.evaluate(CANVASES)
+    count = rendered(page)
+    page.click("button.next")
+    wait_rendered_after(page, count)
+    assert all(a != b for a, b in zip(before, page.evaluate(CANVASES)))
+
+
 def test_images_snapshot_offline(page, offline, console_errors, tmp_path):
     run = make_synthetic_run(tmp_path / "run", n_samples=600, n_epochs=4, n_layers=2, dims=16)
     path = export_html(run, tmp_path / "images.html", embedding=pca_embedding(run), strategy="images",
