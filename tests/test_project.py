@@ -42,7 +42,11 @@ def test_anaconda_project_mirrors_pyproject():
     wanted = {CONDA_NAMES.get(n, n) for n in _names(pyproject["project"]["dependencies"])}
     listed = _names(p for p in conda["packages"] if isinstance(p, str)) - {"python", "pip"}
     assert listed == wanted
-    assert {"demo", "test"} <= set(conda["commands"])
+    assert set(conda["commands"]) == {"demo", "dashboard", "export", "test"}
+    for command in conda["commands"].values():  # every script a command names exists
+        for word in command["unix"].split():
+            if word.endswith(".py"):
+                assert (ROOT / word).exists(), word
 
 
 def test_ci_runs_the_readme_test_command():

@@ -35,7 +35,7 @@ def dashboard(serve, reduced_run):
 
 
 def open_dashboard(page, url):
-    page.goto(url)
+    page.goto(url, timeout=120_000)  # a session's first page builds the viewer: slow on a busy 2-core CI box
     page.wait_for_function(DOCUMENT_IDLE, timeout=60_000)
     wait_until(lambda: len(page.evaluate(IMAGE_CHECKSUMS)) >= 1, message="layer images")
     return page.evaluate(IMAGE_CHECKSUMS)
@@ -164,3 +164,31 @@ def test_two_sessions_keep_separate_states(browser, console_errors, page, dashbo
         assert viewers[0].epoch == 0
     finally:
         other.close()
+
+
+def test_neuromapper_serve_command(page, console_errors, reduced_run, tmp_path):
+    """The CLI path a person uses: `neuromapper serve RUN` on 127.0.0.1, every session its own viewer."""
+    import socket
+    import subprocess
+    import sys
+
+    from .conftest import free_port
+
+    bad = subprocess.run([sys.executable, "-m", "neuromapper.cli", "serve", str(tmp_path), "--no-show"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "is not a NeuroMapper run" in bad.stderr
+
+    port = free_port()
+    with subprocess.Popen([sys.executable, "-m", "neuromapper.cli", "serve", str(reduced_run), "--port", str(port),
+                           "--no-show"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        try:
+            def accepting():
+                with socket.socket() as sock:
+                    return sock.connect_ex(("127.0.0.1", port)) == 0
+
+            wait_until(accepting, timeout=90, message="neuromapper serve to listen")
+            checksums = open_dashboard(page, f"http://127.0.0.1:{port}/")
+            assert sorted(checksums) == ["conv1", "conv2", "fc1", "fc2"]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
