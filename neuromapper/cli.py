@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neuromapper", description="See how a neural network learns.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="train the demo CNN on offline digits and record it")
+    demo = sub.add_parser("demo", help="train the demo CNN on offline digits, record it, reduce it, open the dashboard")
     demo.add_argument("--dataset", choices=DATASETS, default="mnist5k")
     demo.add_argument("--epochs", type=int, default=10)
     demo.add_argument("--probe", type=int, default=2000, help="held-out probe samples (default 2000)")
