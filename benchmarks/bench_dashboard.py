@@ -1,0 +1,982 @@
+"""Dashboard player steps in a real browser: NeuroMapper's server-side rasters against a WebGL scatter.
+
+What is measured, and why
+-------------------------
+The dashboard issue asks for a player step (one epoch forward) of four layer plots to repaint in
+well under a second at a million points per layer. This script serves the real dashboard
+(``NeuroMapper(run, embedding=da).template()``) with ``pn.serve`` in this process, opens it in
+Debian's chromium through Playwright, and for every configuration reports:
+
+* **step p50 / p95**: from the click on the player's ``button.next`` (or ``button.previous`` when
+  the player is at the last epoch: the steps go back and forth, each one epoch) to all four layer
+  images having *changed* (the position-weighted ``IMAGE_CHECKSUMS`` of ``tests/ui/conftest.py``
+  differs for every layer) *and been painted* (two animation frames later). The click and the
+  clock are both in the page (``button.click()`` and ``performance.now()`` in one
+  ``page.evaluate``, whose result Python then collects with ``wait_for_function``), so
+  Playwright's round trips are not in the figure. Two warm-up steps per configuration are not
+  counted.
+* **server ms**: from the moment the server receives the player's new value to the end of its
+  handling (all watchers: the rasters of the four layers, legend, quality line, curve marker).
+  It includes Panel's 50 ms change debounce (``Syncable._debounce``); the JSON also has the
+  handling alone (``work``) and ``NeuroMapper._push_images`` alone (``push``, timed by a
+  subclass that wraps it).
+* **MB per step**: websocket payload received by the page for the step (Playwright's
+  ``framereceived``), 10^6 bytes.
+* **session MB**: resident memory of this (server) process gained by opening one more browser
+  session on the same run (``psutil``; the JSON also has what ``tracemalloc`` traced meanwhile).
+* the same with an **active linked selection**: ``viewer.select_box("layer0", box)`` is run on the
+  session's event loop (``doc.add_next_tick_callback``) with a box holding about 10% of the points,
+  so every layer draws the selected samples in colour over a grey backdrop, then the steps repeat.
+* **WebGL reference**: the same points as a plain Bokeh scatter (``output_backend="webgl"``, one
+  ``scatter`` per layer, colour mapped from the class in the browser, fixed axis ranges), served
+  by Panel with the same kind of player; a step replaces the ``x`` and ``y`` columns of the four
+  sources with the next epoch's coordinates (the per-step copy out of the shared array is in its
+  server time). The selection case sets the same samples as ``selected.indices`` of all four
+  sources (Bokeh's own linked selection). It is timed the same way in the same browser, by the
+  identity of each source's ``x`` array, then two frames. Chromium runs headless with
+  ``--disable-gpu``, so WebGL is SwiftShader (software), as it is for any headless server.
+  Where it is too slow, it is cut off after ``--reference-timeout`` seconds for a page load or a
+  step, or ``--reference-budget`` seconds of steps, and the table says so; once it has not
+  finished at one size it is not tried at larger ones. ``--reference-backend canvas`` draws the
+  same scatter with Bokeh's 2-D canvas instead.
+* optionally (``--tutorial-steps``, at 1,000,000 points by default) HoloViews' ``rasterize`` +
+  ``dynspread`` with ``count_cat`` on four DynamicMaps bound to a player, as the tutorials show
+  it: a DataFrame per layer and step.
+
+Then the bar of the issue is checked: p50 <= 250 ms for 4 x 1,000,000 points without selection,
+<= 350 ms with a selection, the 1M time <= 1.5x the 100k time, and 4 x 10,000,000 under 500 ms.
+
+The synthetic data, and what is never loaded
+--------------------------------------------
+``N`` samples x 10 epochs x 4 layers, 10 classes. The run is written with
+:func:`neuromapper.store.create_run` (labels, class names; no thumbnails at this size) and, per
+epoch, a minimal Dataset written with :func:`neuromapper.store.write_atomic`: a 1-unit
+``activation`` of zeros (the schema wants one; nobody reads it), ``nonfinite``, ``prediction``,
+``loss`` and a ``train_loss`` metric. ``store.epoch_dataset`` is not used because it requires
+``logits`` (N x classes), 400 MB per epoch at 10M samples, which the dashboard never reads.
+Predictions are correct with a probability rising from 30% to 95% over the epochs, the loss
+is ``-log`` of a probability drawn accordingly.
+
+The embedding ``(epoch, layer, sample, xy)`` float32 is generated directly in 2-D and given to the
+viewer as ``NeuroMapper(run, embedding=da)``: per layer, each class is a rotated, stretched
+Gaussian around a centre; the centres start bunched (35% of their final spread), move apart
+over the epochs and drift by a random walk; each class turns a little per epoch and each sample
+turns around its class centre at its own rate, so every picture changes at every step. A
+compiled loop (numba) writes it, a few seconds at 10M. Its attributes imitate a stored
+embedding of the default method (``method`` must be one of ``neuromapper.methods.METHODS`` for
+the viewer to accept it); trustworthiness and disparity are NaN (not computed), no point is
+unplaced. The dashboard therefore reads ``run.nc`` and the per-epoch ``prediction``, ``loss``,
+``metric``; recorded activations never exist at full width and are never loaded.
+
+How sessions open the run: the server's factory gives each session ``TimedNeuroMapper(run,
+embedding=da)`` with ``run = open_run(path, chunks={"sample": -1})`` opened once, so each session
+reads label, prediction and loss (its own copies, counted in its memory) with one dask chunk per
+epoch. ``NeuroMapper(path)``, as ``dashboards/neuromapper.py`` does it, reads them with the
+on-disk chunks of 4,096 samples, i.e. thousands of dask tasks: at 1,000,000 points that took
+17 s instead of 2.7 s in the recorded run. It only lengthens page loads, not player steps; the
+details table prints both read times (the as-shipped one is not timed above 1,000,000 points).
+
+Runs are cached in ``--cache`` (default ``$TMPDIR/neuromapper-bench-dashboard``, printed) and
+reused when their parameters match; the embedding is regenerated in memory each time.
+
+Run it from the repository root (progress goes to stderr; a full run took 22 minutes on this 2-core
+machine while other benchmarks kept its load average near 8, see ``RESULTS-dashboard.md``)::
+
+    .venv/bin/python benchmarks/bench_dashboard.py                              # 100k, 1M, 10M
+    .venv/bin/python benchmarks/bench_dashboard.py --sizes 20000 --steps 5      # quick check
+    .venv/bin/python benchmarks/bench_dashboard.py --json dashboard.json        # also write figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import platform
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import partial, wraps
+from pathlib import Path
+from types import SimpleNamespace
+
+import numba
+import numpy as np
+import panel as pn
+import psutil
+import xarray as xr
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import sync_playwright
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the browser-test helpers below live in tests/ui/conftest.py
+
+from neuromapper import store  # noqa: E402
+from neuromapper.app import NeuroMapper  # noqa: E402
+from neuromapper.methods import DEFAULT_METHOD  # noqa: E402
+from neuromapper.plots import LAYER_SIZE  # noqa: E402
+from neuromapper.scene import class_palette, robust_bounds  # noqa: E402
+from tests.ui.conftest import CHROMIUM, CHROMIUM_ARGS, DOCUMENT_IDLE, IMAGE_CHECKSUMS, free_port  # noqa: E402
+
+N_EPOCHS = 10
+N_LAYERS = 4
+N_CLASSES = 10
+SEED = 0
+GENERATOR_VERSION = 1  # bump when the synthetic run changes, so cached runs are rebuilt
+SELECT_FRACTION = 0.10
+WARMUP_STEPS = 2
+VIEWPORT = {"width": 1800, "height": 1100}
+MB = 1e6
+# Sessions get the run opened once with one dask chunk per epoch: with the on-disk chunks of 4,096
+# samples, reading label, prediction and loss is thousands of dask tasks (see the module docstring).
+SESSION_CHUNKS = {"sample": -1}
+AS_SHIPPED_MAX = 1_000_000  # above this, the as-shipped read is not timed (minutes at 10M)
+BAR = {"1M": 250.0, "1M selection": 350.0, "1M / 100k": 1.5, "10M": 500.0}
+
+
+# -- synthetic data -------------------------------------------------------------------------------
+@numba.njit(nogil=True)
+def _place(labels, p, q, turn_cos, turn_sin, centres, shapes, out):
+    """Points of one layer at one epoch: class centre + class shape applied to the latent ``(p, q)``.
+
+    Each sample's latent then turns by its own angle, ready for the next epoch.
+    """
+    for i in range(labels.shape[0]):
+        k = labels[i]
+        out[i, 0] = centres[k, 0] + shapes[k, 0, 0] * p[i] + shapes[k, 0, 1] * q[i]
+        out[i, 1] = centres[k, 1] + shapes[k, 1, 0] * p[i] + shapes[k, 1, 1] * q[i]
+        p[i], q[i] = turn_cos[i] * p[i] - turn_sin[i] * q[i], turn_sin[i] * p[i] + turn_cos[i] * q[i]
+
+
+def synthetic_labels(n: int, seed: int = SEED) -> np.ndarray:
+    """True class per sample, classes interleaved in sample order as in a shuffled probe set."""
+    return (np.random.default_rng(seed).permutation(n) % N_CLASSES).astype(np.int16)
+
+
+def synthetic_embedding(labels: np.ndarray, seed: int = SEED) -> np.ndarray:
+    """``(epoch, layer, sample, xy)`` float32 coordinates of drifting, separating class clusters."""
+    n = len(labels)
+    out = np.empty((N_EPOCHS, N_LAYERS, n, 2), dtype=np.float32)
+    for layer in range(N_LAYERS):
+        rng = np.random.default_rng([seed, 1, layer])
+        p = rng.standard_normal(n, dtype=np.float32)
+        q = rng.standard_normal(n, dtype=np.float32)
+        turn = rng.standard_normal(n, dtype=np.float32) * np.float32(0.08)  # radians per epoch
+        turn_cos, turn_sin = np.cos(turn), np.sin(turn)
+        angles = np.linspace(0, 2 * np.pi, N_CLASSES, endpoint=False) + rng.uniform(0, 2 * np.pi)
+        final = np.column_stack([np.cos(angles), np.sin(angles)]) * rng.uniform(7, 11, (N_CLASSES, 1))
+        walk = np.cumsum(rng.normal(scale=0.5, size=(N_EPOCHS, N_CLASSES, 2)), axis=0)
+        walk -= walk[0]
+        stretch = rng.uniform(0.5, 1.8, size=(N_CLASSES, 2))
+        tilt, spin = rng.uniform(0, np.pi, N_CLASSES), rng.normal(scale=0.12, size=N_CLASSES)
+        for epoch in range(N_EPOCHS):
+            separation = 0.35 + 0.65 * epoch / max(N_EPOCHS - 1, 1)
+            centres = (separation * final + walk[epoch]).astype(np.float32)
+            theta = tilt + spin * epoch
+            rotation = np.stack([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]).transpose(2, 0, 1)
+            shapes = (rotation * stretch[:, None, :]).astype(np.float32)
+            _place(labels, p, q, turn_cos, turn_sin, centres, shapes, out[epoch, layer])
+    return out
+
+
+def _epoch_facts(labels: np.ndarray, epoch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Prediction and loss per sample at ``epoch``: accuracy rises from 30% to 95%."""
+    rng = np.random.default_rng([seed, 2, epoch])
+    n = len(labels)
+    accuracy = 0.30 + 0.65 * epoch / max(N_EPOCHS - 1, 1)
+    correct = rng.random(n, dtype=np.float32) < accuracy
+    wrong = (labels + rng.integers(1, N_CLASSES, n, dtype=np.int16)) % N_CLASSES
+    prediction = np.where(correct, labels, wrong).astype(np.int16)
+    p_true = np.where(correct, rng.uniform(0.5, 1.0, n), rng.uniform(0.02, 0.5, n)).astype(np.float32)
+    return prediction, -np.log(p_true)
+
+
+def build_run(path: Path, n: int, seed: int = SEED) -> Path:
+    """Write (or reuse) the synthetic run of ``n`` samples at ``path``; see the module docstring."""
+    params = {"n": n, "epochs": N_EPOCHS, "layers": N_LAYERS, "classes": N_CLASSES, "seed": seed,
+              "generator": GENERATOR_VERSION}
+    marker = path / "bench-params.json"
+    if marker.exists() and json.loads(marker.read_text()) == params and store.recorded_epochs(path) == list(
+        range(N_EPOCHS)
+    ):
+        return path
+    marker.unlink(missing_ok=True)
+    labels = synthetic_labels(n, seed)
+    layers = [f"layer{i}" for i in range(N_LAYERS)]
+    store.create_run(
+        path, labels=labels, class_names=[f"c{k}" for k in range(N_CLASSES)], layers=layers,
+        layer_units=[1] * N_LAYERS, layer_kinds=["synthetic"] * N_LAYERS,
+        attrs={"dataset": "synthetic 2-D (benchmarks/bench_dashboard.py)",
+               "model": {"class": "benchmarks.bench_dashboard", "parameters": 0}, "hyperparameters": params},
+        overwrite=True,
+    )
+    for epoch in range(N_EPOCHS):
+        prediction, loss = _epoch_facts(labels, epoch, seed)
+        ds = xr.Dataset(
+            {
+                "activation": (("epoch", "layer", "sample", "unit"), np.zeros((1, N_LAYERS, n, 1), np.float32)),
+                "nonfinite": (("epoch", "layer"), np.zeros((1, N_LAYERS), np.int64)),
+                "prediction": (("epoch", "sample"), prediction[None]),
+                "loss": (("epoch", "sample"), loss[None]),
+                "metric": (("epoch", "metric_name"), np.array([[float(loss.mean())]])),
+            },
+            coords={"epoch": [epoch], "layer": np.array(layers, dtype=str), "metric_name": np.array(["train_loss"])},
+            attrs={"neuromapper_schema": store.SCHEMA_VERSION},
+        )
+        store.write_atomic(ds, store.epoch_file(path, epoch), store.compression_encoding(ds, 1))
+    marker.write_text(json.dumps(params))
+    return path
+
+
+def embedding_array(values: np.ndarray, run: xr.Dataset) -> xr.DataArray:
+    """``values`` as the DataArray :func:`neuromapper.reduce` would return for ``run``."""
+    shape = (N_EPOCHS, N_LAYERS)
+    per_layer = ("epoch", "layer")
+    return xr.DataArray(
+        values,
+        dims=("epoch", "layer", "sample", "xy"),
+        coords={
+            "epoch": run["epoch"].values.astype(np.int64),
+            "layer": run["layer"].values,
+            "sample": run["sample"].values,
+            "xy": np.array(["x", "y"]),
+            "trustworthiness": (per_layer, np.full(shape, np.nan)),  # not computed for synthetic points
+            "disparity": (per_layer, np.full(shape, np.nan)),
+            "unplaced": (per_layer, np.zeros(shape, np.int32)),
+        },
+        name="embedding",
+        attrs={
+            "method": DEFAULT_METHOD,
+            "params": json.dumps({"method": DEFAULT_METHOD, "n_neighbors": 15, "min_dist": 0.1, "per_class": None,
+                                  "seed": SEED, "layers": [str(v) for v in run["layer"].values],
+                                  "note": "synthetic 2-D coordinates of benchmarks/bench_dashboard.py"}),
+            "key": "bench-dashboard-synthetic",
+        },
+    )
+
+
+def selection_box(x: np.ndarray, y: np.ndarray, fraction: float = SELECT_FRACTION) -> tuple[float, ...]:
+    """A box around the median point of a layer that holds about ``fraction`` of the points."""
+    cx, cy = float(np.median(x)), float(np.median(y))
+    sx, sy = float(np.std(x)), float(np.std(y))
+    lo, hi = 0.0, 4.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        inside = np.count_nonzero((np.abs(x - cx) <= mid * sx) & (np.abs(y - cy) <= mid * sy)) / len(x)
+        lo, hi = (mid, hi) if inside < fraction else (lo, mid)
+    half = (lo + hi) / 2
+    return (cx - half * sx, cy - half * sy, cx + half * sx, cy + half * sy)
+
+
+def box_indices(x: np.ndarray, y: np.ndarray, box: tuple[float, ...]) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    return np.flatnonzero((x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)).astype(np.int32)
+
+
+# -- server-side timing ------------------------------------------------------------------------------
+@dataclass
+class ServerLog:
+    """Server-side timestamps (``time.perf_counter``) appended as the server handles steps."""
+
+    received: list[float] = field(default_factory=list)  # player value arrived from the browser
+    handled: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of the handling
+    push: list[float] = field(default_factory=list)  # seconds in NeuroMapper._push_images / the update
+
+    def mark(self) -> tuple[int, int, int]:
+        return len(self.received), len(self.handled), len(self.push)
+
+    def since(self, mark: tuple[int, int, int]) -> dict:
+        received, handled, push = self.received[mark[0]:], self.handled[mark[1]:], self.push[mark[2]:]
+        out = {"work_ms": 1e3 * sum(end - start for start, end in handled), "push_ms": 1e3 * sum(push) if push else None}
+        out["server_ms"] = 1e3 * (handled[-1][1] - received[0]) if received and handled else None
+        return out
+
+
+def instrument_player(player, log: ServerLog) -> None:
+    """Time a Panel player's server side: value received, then its (debounced) handling.
+
+    Wraps two private Panel methods on this instance (``Syncable._server_change`` and
+    ``_change_event``); it must run before the player is rendered, which binds them.
+    """
+    server_change, change_event = player._server_change, player._change_event
+
+    def on_server_change(doc, ref, subpath, attr, old, new):  # Bokeh checks the (attr, old, new) signature
+        log.received.append(time.perf_counter())
+        return server_change(doc, ref, subpath, attr, old, new)
+
+    def on_change_event(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return change_event(*args, **kwargs)
+        finally:
+            log.handled.append((start, time.perf_counter()))
+
+    player._server_change, player._change_event = on_server_change, on_change_event
+
+
+class TimedNeuroMapper(NeuroMapper):
+    """The dashboard with its player hot path (``_push_images``) timed."""
+
+    def __init__(self, run, embedding=None, log: ServerLog | None = None, **params):
+        self.bench_log = log or ServerLog()  # set first: _push_images may run during __init__
+        super().__init__(run, embedding=embedding, **params)
+        instrument_player(self._player, self.bench_log)
+
+    @wraps(NeuroMapper._push_images)  # keeps param's dependency info, so the watcher is this method
+    def _push_images(self) -> None:
+        start = time.perf_counter()
+        try:
+            super()._push_images()
+        finally:
+            self.bench_log.push.append(time.perf_counter() - start)
+
+
+# -- the reference apps ------------------------------------------------------------------------------
+def scatter_app(values: np.ndarray, labels: np.ndarray, epochs: list[int], layers: list[str], bounds: dict,
+                backend: str, log: ServerLog, sessions: list):
+    """Factory of the plain Bokeh scatter page (``backend`` webgl or canvas): a player, one scatter per layer."""
+    from bokeh.models import ColumnDataSource, LinearColorMapper, Range1d
+    from bokeh.plotting import figure
+    from panel.io import hold
+
+    palette = list(class_palette([f"c{k}" for k in range(N_CLASSES)]).values())
+    codes = labels.astype(np.int8)
+
+    def factory():
+        player = pn.widgets.DiscretePlayer(name="epoch", options=list(epochs), value=epochs[0], interval=700,
+                                           loop_policy="loop", show_loop_controls=True)
+        instrument_player(player, log)
+        mapper = LinearColorMapper(palette=palette, low=-0.5, high=N_CLASSES - 0.5)
+        sources, panes = [], []
+        for i, layer in enumerate(layers):
+            source = ColumnDataSource({"x": np.ascontiguousarray(values[0, i, :, 0]),
+                                       "y": np.ascontiguousarray(values[0, i, :, 1]), "label": codes})
+            (x0, x1), (y0, y1) = bounds[layer]
+            fig = figure(title=layer, width=LAYER_SIZE, height=LAYER_SIZE, output_backend=backend,
+                         x_range=Range1d(x0, x1), y_range=Range1d(y0, y1), toolbar_location="above",
+                         tools="box_select,lasso_select,wheel_zoom,pan,reset")
+            fig.scatter("x", "y", source=source, size=2, line_color=None, fill_alpha=0.5,
+                        fill_color={"field": "label", "transform": mapper})
+            fig.axis.visible = False
+            fig.grid.visible = False
+            sources.append(source)
+            panes.append(pn.pane.Bokeh(fig))
+
+        def step(event):
+            start = time.perf_counter()
+            e = epochs.index(event.new)
+            with hold():
+                for i, source in enumerate(sources):
+                    source.data.update(x=np.ascontiguousarray(values[e, i, :, 0]),
+                                       y=np.ascontiguousarray(values[e, i, :, 1]))
+            log.push.append(time.perf_counter() - start)
+
+        player.param.watch(step, "value")
+
+        def select(indices):
+            for source in sources:
+                source.selected.indices = indices
+
+        sessions.append(SimpleNamespace(player=player, select=select, doc=pn.state.curdoc))
+        return pn.Column(player, pn.Row(*panes))
+
+    return factory
+
+
+def tutorial_app(values: np.ndarray, labels: np.ndarray, epochs: list[int], layers: list[str],
+                 log: ServerLog, sessions: list):
+    """Factory of HoloViews' ``rasterize`` on DynamicMaps bound to a player, as the tutorials show it."""
+    import datashader as ds
+    import holoviews as hv
+    import pandas as pd
+    from holoviews.operation.datashader import dynspread, rasterize
+
+    names = [f"c{k}" for k in range(N_CLASSES)]
+    color_key = class_palette(names)
+    label = pd.Categorical.from_codes(labels, names)
+
+    def factory():
+        player = pn.widgets.DiscretePlayer(name="epoch", options=list(epochs), value=epochs[0], interval=700,
+                                           loop_policy="loop", show_loop_controls=True)
+        instrument_player(player, log)
+
+        def points(i, epoch):
+            e = epochs.index(epoch)
+            frame = pd.DataFrame({"x": values[e, i, :, 0], "y": values[e, i, :, 1], "label": label})
+            return hv.Points(frame, ["x", "y"], "label")
+
+        plots = []
+        for i, layer in enumerate(layers):
+            dmap = hv.DynamicMap(pn.bind(points, i, player))
+            shaded = dynspread(rasterize(dmap, aggregator=ds.count_cat("label"), width=LAYER_SIZE, height=LAYER_SIZE))
+            plots.append(shaded.opts(cmap=color_key, title=layer, width=LAYER_SIZE, height=LAYER_SIZE,
+                                     xaxis=None, yaxis=None, framewise=False, show_legend=False))
+        sessions.append(SimpleNamespace(player=player, doc=pn.state.curdoc))
+        return pn.Column(player, pn.pane.HoloViews(hv.Layout(plots).cols(4), linked_axes=False))
+
+    return factory
+
+
+# -- the browser side -------------------------------------------------------------------------------
+# ``kind`` picks what a plot's picture is: "nm" and "image" watch each titled plot's image array
+# (plus, for "nm", the checksums of tests/ui/conftest.py), "scatter" each scatter's x array.
+_CURRENT_JS = """
+  const current = () => {
+    const out = new Map();
+    const doc = Bokeh.documents[0];
+    for (const m of doc.all_models) {
+      if (!m.renderers || !m.title || !m.title.text) continue;
+      for (const r of m.renderers) {
+        const data = r.data_source && r.data_source.data;
+        if (!data || !r.glyph) continue;
+        if (kind === "scatter" && r.glyph.type === "Scatter") out.set(m.title.text, data.x);
+        if (kind !== "scatter" && data.image && data.image.length) out.set(m.title.text, data.image[0]);
+      }
+    }
+    return out;
+  };
+"""
+
+PLOTS_JS = "(kind) => {" + _CURRENT_JS + " return window.Bokeh && Bokeh.documents.length ? current().size : 0; }"
+
+# Starts a step and returns at once; the result lands in ``window.__benchStep``, which Python waits
+# for with Playwright's own timeout (a page busy painting cannot time itself out).
+STEP_JS = (
+    "({button, kind, timeoutMs}) => {\n  const checksums = " + IMAGE_CHECKSUMS.strip() + ";\n" + _CURRENT_JS
+    + """
+  const frame = () => new Promise((resolve) => requestAnimationFrame(resolve));
+  const before = current();
+  const sumsBefore = kind === "nm" ? checksums() : null;
+  window.__benchStep = null;
+  const t0 = performance.now();
+  button.click();
+  (async () => {
+    let arrived = null;
+    while (arrived === null) {
+      await frame();
+      const elapsed = performance.now() - t0;
+      if (elapsed > timeoutMs) return {timeout: true, ms: elapsed};
+      const now = current();
+      if (![...before].every(([title, picture]) => now.has(title) && now.get(title) !== picture)) continue;
+      if (kind === "nm") {
+        const sums = checksums();
+        if (!Object.keys(sumsBefore).every((title) => title in sums && sums[title] !== sumsBefore[title])) continue;
+      }
+      arrived = performance.now() - t0;
+    }
+    await frame();
+    await frame();
+    return {timeout: false, ms: performance.now() - t0, arrived_ms: arrived, plots: before.size};
+  })().then((result) => { window.__benchStep = result; });
+}"""
+)
+STEP_RESULT_JS = "() => window.__benchStep"
+
+
+class FrameCounter:
+    """Websocket payload bytes received by one page, and when the last frame came."""
+
+    def __init__(self):
+        self.received = 0
+        self.frames = 0
+        self.last = time.monotonic()
+
+    def attach(self, ws) -> None:
+        ws.on("framereceived", self._on_frame)
+
+    def _on_frame(self, payload) -> None:
+        self.received += len(payload) if isinstance(payload, bytes) else len(payload.encode())
+        self.frames += 1
+        self.last = time.monotonic()
+
+
+@dataclass
+class Page:
+    page: object
+    context: object
+    counter: FrameCounter
+    errors: list[str]
+    load_s: float
+
+    def close(self) -> None:
+        self.context.close()
+
+
+class StepTimeout(RuntimeError):
+    pass
+
+
+def open_page(browser, url: str, kind: str, n_plots: int, timeout_s: float) -> Page:
+    """Open ``url`` in a fresh context and wait until its ``n_plots`` plots are drawn and idle."""
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    counter, errors = FrameCounter(), []
+    page.on("websocket", counter.attach)
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    start = time.monotonic()
+    try:
+        page.goto(url, timeout=timeout_s * 1e3)
+        page.wait_for_function(PLOTS_JS, arg=kind, polling=100, timeout=timeout_s * 1e3)
+        if n_plots and page.evaluate(PLOTS_JS, kind) < n_plots:
+            page.wait_for_function(f"(kind) => ({PLOTS_JS})(kind) >= {n_plots}", arg=kind, polling=100,
+                                   timeout=timeout_s * 1e3)
+        page.wait_for_function(DOCUMENT_IDLE, polling=100, timeout=timeout_s * 1e3)
+    except Exception:
+        context.close()
+        raise
+    load_s = time.monotonic() - start
+    handle = Page(page, context, counter, errors, load_s)
+    settle(handle, lambda: True, timeout_s)
+    return handle
+
+
+def settle(page: Page, server_done, timeout_s: float, quiet_s: float = 0.3) -> None:
+    """Wait until the server has finished, no frame arrived for ``quiet_s`` and the document is idle."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        page.page.wait_for_timeout(50)  # also lets Playwright deliver the websocket events
+        if server_done() and time.monotonic() - page.counter.last >= quiet_s and page.page.evaluate(DOCUMENT_IDLE):
+            return
+        if time.monotonic() > deadline:
+            raise StepTimeout(f"the page did not settle within {timeout_s:.0f} s")
+
+
+def run_steps(page: Page, log: ServerLog, kind: str, n_steps: int, position: list[int], timeout_s: float,
+              budget_s: float | None = None, progress: str = "") -> list[dict]:
+    """Click through ``WARMUP_STEPS + n_steps`` player steps; return the measured ones.
+
+    ``position`` is the player's epoch index, updated in place: steps go forward to the last
+    epoch and back, one epoch at a time. With ``budget_s``, stops once that many seconds of
+    measured steps have passed (at least three steps are attempted).
+    """
+    measured, started = [], time.monotonic()
+    for i in range(WARMUP_STEPS + n_steps):
+        if position[1] > 0 and position[0] == N_EPOCHS - 1:
+            position[1] = -1
+        elif position[1] < 0 and position[0] == 0:
+            position[1] = 1
+        button = page.page.locator("button.next" if position[1] > 0 else "button.previous").first.element_handle()
+        received, mark = page.counter.received, log.mark()
+        page.page.evaluate(STEP_JS, {"button": button, "kind": kind, "timeoutMs": timeout_s * 1e3})
+        try:
+            result = page.page.wait_for_function(STEP_RESULT_JS, polling=100, timeout=timeout_s * 1e3).json_value()
+        except PlaywrightTimeout:
+            raise StepTimeout(f"step {i + 1}: the pictures were not painted within {timeout_s:.0f} s") from None
+        if result["timeout"]:
+            raise StepTimeout(f"step {i + 1}: the pictures did not change within {timeout_s:.0f} s")
+        position[0] += position[1]
+        settle(page, lambda m=mark: len(log.handled) > m[1], timeout_s)
+        step = {"ms": result["ms"], "arrived_ms": result["arrived_ms"], "bytes": page.counter.received - received,
+                **log.since(mark)}
+        if i >= WARMUP_STEPS:
+            measured.append(step)
+            print(f"\r  {progress}: step {len(measured)}/{n_steps} {step['ms']:8.0f} ms", end="", file=sys.stderr)
+            if budget_s is not None and len(measured) >= 3 and time.monotonic() - started > budget_s:
+                break
+    print(file=sys.stderr)
+    return measured
+
+
+def on_session(doc, fn, *args) -> None:
+    """Run ``fn(*args)`` on the Bokeh session's event loop (documents are not thread-safe)."""
+    from panel.io.state import set_curdoc
+
+    def call():
+        with set_curdoc(doc):
+            fn(*args)
+
+    doc.add_next_tick_callback(call)
+
+
+def session_memory(browser, url: str, kind: str, timeout_s: float) -> dict:
+    """Memory this process gains when one more browser session opens the page."""
+    process = psutil.Process()
+    gc.collect()
+    before = process.memory_info().rss
+    tracemalloc.start()
+    page = open_page(browser, url, kind, N_LAYERS, timeout_s)
+    traced, traced_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    gc.collect()
+    after = process.memory_info().rss
+    page.close()
+    return {"rss_mb": (after - before) / MB, "traced_mb": traced / MB, "traced_peak_mb": traced_peak / MB,
+            "load_s": page.load_s}
+
+
+@contextmanager
+def served(factory):
+    """Serve ``factory`` on a free local port in a thread; yields the URL."""
+    port = free_port()
+    server = pn.serve({"/": factory}, port=port, address="127.0.0.1", threaded=True, show=False, verbose=False,
+                      websocket_origin=[f"127.0.0.1:{port}"], start=True)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Panel server on port {port} did not start within 30 s") from None
+            time.sleep(0.1)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        # Stopping cancels websocket writes still pending for closed pages; tornado would log each.
+        tornado_log = logging.getLogger("tornado.application")
+        level = tornado_log.level
+        tornado_log.setLevel(logging.CRITICAL)
+        try:
+            server.stop()
+            server.join(timeout=30)  # a stopped thread is skipped by pn.state.reset()
+            pn.state.reset()
+        finally:
+            tornado_log.setLevel(level)
+        gc.collect()
+
+
+# -- statistics and one configuration -------------------------------------------------------------------
+def summarize(steps: list[dict]) -> dict:
+    def pct(key, q):
+        values = [s[key] for s in steps if s.get(key) is not None]
+        if not values:
+            return None
+        return float(np.percentile(values, q))
+
+    return {
+        "steps": len(steps),
+        "p50_ms": pct("ms", 50), "p95_ms": pct("ms", 95), "arrived_p50_ms": pct("arrived_ms", 50),
+        "server_p50_ms": pct("server_ms", 50), "work_p50_ms": pct("work_ms", 50), "push_p50_ms": pct("push_ms", 50),
+        "mb_per_step": statistics.median([s["bytes"] for s in steps]) / MB if steps else None,
+        "raw": steps,
+    }
+
+
+def facts_read_seconds(path: Path, chunks: dict | None) -> float:
+    """Seconds to open the run and read what a viewer reads per sample: label, prediction, loss."""
+    start = time.perf_counter()
+    run = store.open_run(path, chunks=chunks)
+    for name in ("label", "prediction", "loss"):
+        run[name].values  # noqa: B018 - the read is what is timed
+    return time.perf_counter() - start
+
+
+def bench_neuromapper(browser, run_path: Path, values: np.ndarray, args) -> dict:
+    """The dashboard: steps without and with a selection, then the memory of one more session."""
+    n = values.shape[2]
+    out = {"facts_read_s": {"one chunk per epoch": facts_read_seconds(run_path, SESSION_CHUNKS)}}
+    if n <= AS_SHIPPED_MAX:
+        out["facts_read_s"]["on-disk chunks"] = facts_read_seconds(run_path, None)
+    run = store.open_run(run_path, chunks=SESSION_CHUNKS)
+    embedding = embedding_array(values, run)
+    viewers: list[TimedNeuroMapper] = []
+
+    def factory():
+        viewer = TimedNeuroMapper(run, embedding=embedding)
+        viewer.bench_doc = pn.state.curdoc
+        viewers.append(viewer)
+        return viewer.template()
+
+    with served(factory) as url:
+        page = open_page(browser, url, "nm", N_LAYERS, args.load_timeout)
+        try:
+            viewer = viewers[-1]
+            out["load_s"] = page.load_s
+            position = [0, 1]
+            steps = run_steps(page, viewer.bench_log, "nm", args.steps, position, args.step_timeout,
+                              progress=f"NeuroMapper {n:,}")
+            out["none"] = summarize(steps)
+            e = position[0]
+            box = selection_box(values[e, 0, :, 0], values[e, 0, :, 1])
+            mark = viewer.bench_log.mark()
+            on_session(viewer.bench_doc, viewer.select_box, "layer0", box)
+            settle(page, lambda: viewer.selection is not None and len(viewer.bench_log.push) > mark[2],
+                   args.step_timeout)
+            selected = len(viewer.selection)
+            steps = run_steps(page, viewer.bench_log, "nm", args.steps, position, args.step_timeout,
+                              progress=f"NeuroMapper {n:,} + selection")
+            out["selection"] = {**summarize(steps), "selected": selected, "box": box, "selected_at_epoch": e}
+            out["errors"] = list(page.errors)
+        finally:
+            page.close()
+        out["session"] = session_memory(browser, url, "nm", args.load_timeout)
+    viewers.clear()
+    return out
+
+
+def bench_reference(browser, factory_of, values: np.ndarray, kind: str, args, with_selection: bool,
+                    n_steps: int) -> dict:
+    """A reference page (WebGL scatter or HoloViews tutorial): steps, selection, session memory."""
+    log, sessions = ServerLog(), []
+    n = values.shape[2]
+    out = {}
+    name = f"{args.reference_backend} scatter" if kind == "scatter" else "HoloViews rasterize"
+    with served(factory_of(log, sessions)) as url:
+        try:
+            page = open_page(browser, url, kind, N_LAYERS, args.reference_timeout)
+        except Exception as exc:  # too slow or crashed: reported, not fatal
+            return {"error": f"page did not load within {args.reference_timeout:.0f} s ({type(exc).__name__})"}
+        out["load_s"] = page.load_s
+        position = [0, 1]
+        try:
+            steps = run_steps(page, log, kind, n_steps, position, args.reference_timeout,
+                              budget_s=args.reference_budget, progress=f"{name} {n:,}")
+            out["none"] = summarize(steps)
+            if with_selection:
+                e = position[0]
+                indices = box_indices(values[e, 0, :, 0], values[e, 0, :, 1],
+                                      selection_box(values[e, 0, :, 0], values[e, 0, :, 1]))
+                frames = page.counter.frames
+                on_session(sessions[-1].doc, sessions[-1].select, indices)
+                settle(page, lambda: page.counter.frames > frames, args.reference_timeout)
+                steps = run_steps(page, log, kind, n_steps, position, args.reference_timeout,
+                                  budget_s=args.reference_budget, progress=f"{name} {n:,} + selection")
+                out["selection"] = {**summarize(steps), "selected": len(indices)}
+        except Exception as exc:
+            out["error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            out["errors"] = list(page.errors)
+            page.close()
+        if "error" not in out:
+            try:
+                out["session"] = session_memory(browser, url, kind, args.reference_timeout)
+            except Exception as exc:
+                out["session"] = {"error": f"{type(exc).__name__}: {exc}"}
+    return out
+
+
+def memory_needed(n: int) -> float:
+    """Rough bytes a size needs here: coordinates shared once, plus two sessions' scenes and facts."""
+    coords = N_EPOCHS * N_LAYERS * n * 2 * 4
+    facts = N_EPOCHS * n * (2 + 4) * 3  # prediction + loss: run arrays and the scene's copies
+    return coords + 2 * (coords + facts)
+
+
+# -- main --------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100000,1000000,10000000",
+                        help="points per layer, comma-separated (default 100000,1000000,10000000)")
+    parser.add_argument("--steps", type=int, default=20, help="measured player steps per configuration (default 20)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to this JSON file")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "neuromapper-bench-dashboard",
+                        help="directory for the synthetic runs, reused across invocations")
+    parser.add_argument("--no-reference", action="store_true", help="skip the scatter reference")
+    parser.add_argument("--reference-backend", choices=("webgl", "canvas"), default="webgl",
+                        help="Bokeh output_backend of the scatter reference (default webgl, as the issue asks)")
+    parser.add_argument("--tutorial-steps", type=int, default=5,
+                        help="steps of HoloViews' tutorial rasterize (0 skips; default 5)")
+    parser.add_argument("--tutorial-size", type=int, default=1_000_000,
+                        help="points per layer at which the tutorial rasterize runs (default 1000000)")
+    parser.add_argument("--load-timeout", type=float, default=300, help="seconds for a dashboard page to load")
+    parser.add_argument("--step-timeout", type=float, default=60, help="seconds for one dashboard step")
+    parser.add_argument("--reference-timeout", type=float, default=60,
+                        help="seconds for a reference page to load or take one step (default 60)")
+    parser.add_argument("--reference-budget", type=float, default=90,
+                        help="seconds of reference steps per configuration before stopping early (default 90)")
+    args = parser.parse_args(argv)
+    try:
+        sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--sizes: expected comma-separated integers, got {args.sizes!r}")
+    if not sizes or min(sizes) < N_CLASSES or args.steps < 1:
+        parser.error(f"--sizes must be integers >= {N_CLASSES} and --steps positive")
+    if not Path(CHROMIUM).exists():
+        sys.exit(f"{CHROMIUM} is missing: install Debian's chromium (`make chromium`)")
+
+    args.cache.mkdir(parents=True, exist_ok=True)
+    print(f"synthetic runs cached in {args.cache}", file=sys.stderr)
+    results = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([".venv/bin/python", "benchmarks/bench_dashboard.py", *(sys.argv[1:] if argv is None
+                                                                                     else argv)]),
+        "machine": {"cpus": os.cpu_count(), "memory_gb": psutil.virtual_memory().total / 2**30,
+                    "python": platform.python_version(), "load_before": os.getloadavg()},
+        "versions": {name: __import__(name).__version__ for name in ("panel", "bokeh", "holoviews", "datashader",
+                                                                     "numpy", "numba")},
+        "epochs": N_EPOCHS, "layers": N_LAYERS, "classes": N_CLASSES, "steps": args.steps,
+        "select_fraction": SELECT_FRACTION, "reference_backend": args.reference_backend, "sizes": {},
+    }
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        results["versions"]["chromium"] = browser.version
+        reference_failed_at = None  # a reference that timed out is not tried again at larger sizes
+        try:
+            for n in sizes:
+                entry = results["sizes"][str(n)] = {"points_per_layer": n}
+                available = psutil.virtual_memory().available
+                if memory_needed(n) > 0.9 * available:
+                    entry["skipped"] = (f"needs about {memory_needed(n) / 2**30:.1f} GiB, "
+                                        f"{available / 2**30:.1f} GiB available")
+                    print(f"{n:,} points: skipped, {entry['skipped']}", file=sys.stderr)
+                    continue
+                start = time.monotonic()
+                path = build_run(args.cache / f"run-{n}", n)
+                entry["run_build_s"] = time.monotonic() - start
+                start = time.monotonic()
+                values = synthetic_embedding(synthetic_labels(n))
+                entry["embedding_s"] = time.monotonic() - start
+                print(f"{n:,} points: run {path} ({entry['run_build_s']:.1f} s), embedding "
+                      f"{values.nbytes / MB:,.0f} MB ({entry['embedding_s']:.1f} s)", file=sys.stderr)
+                entry["neuromapper"] = bench_neuromapper(browser, path, values, args)
+                gc.collect()
+                labels = synthetic_labels(n)
+                epochs = list(range(N_EPOCHS))
+                layers = [f"layer{i}" for i in range(N_LAYERS)]
+                if not args.no_reference and reference_failed_at is not None:
+                    entry["webgl"] = {"error": f"not attempted: it did not finish at {reference_failed_at:,} points"}
+                elif not args.no_reference:
+                    stride = max(1, n // 1_000_000)
+                    bounds = {layer: robust_bounds(values[:, i, ::stride, 0], values[:, i, ::stride, 1])
+                              for i, layer in enumerate(layers)}
+                    factory_of = partial(scatter_app, values, labels, epochs, layers, bounds, args.reference_backend)
+                    entry["webgl"] = bench_reference(browser, factory_of, values, "scatter", args, True, args.steps)
+                    if "none" not in entry["webgl"]:
+                        reference_failed_at = n
+                if args.tutorial_steps and n == args.tutorial_size:
+                    factory_of = partial(tutorial_app, values, labels, epochs, layers)
+                    entry["tutorial"] = bench_reference(browser, factory_of, values, "image", args, False,
+                                                        args.tutorial_steps)
+                del values
+                gc.collect()
+        finally:
+            browser.close()
+    results["machine"]["load_after"] = os.getloadavg()
+    results["bar"] = check_bar(results)
+    report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=float) + "\n")
+        print(f"\nfigures written to {args.json}")
+    return results
+
+
+def _p50(results: dict, n: int, case: str) -> float | None:
+    entry = results["sizes"].get(str(n), {})
+    return entry.get("neuromapper", {}).get(case, {}).get("p50_ms")
+
+
+def check_bar(results: dict) -> list[dict]:
+    """The issue's bar, each as {check, limit, value, verdict}; unmeasured sizes say so."""
+    checks = []
+
+    def add(name, value, limit, unit="ms"):
+        verdict = "not measured" if value is None else ("PASS" if value <= limit else "FAIL")
+        checks.append({"check": name, "value": value, "limit": limit, "unit": unit, "verdict": verdict})
+
+    add("p50, 4 x 1,000,000 points, no selection", _p50(results, 1_000_000, "none"), BAR["1M"])
+    add("p50, 4 x 1,000,000 points, active linked selection", _p50(results, 1_000_000, "selection"),
+        BAR["1M selection"])
+    a, b = _p50(results, 1_000_000, "none"), _p50(results, 100_000, "none")
+    add("p50 at 4 x 1,000,000 / p50 at 4 x 100,000", None if a is None or b is None else a / b, BAR["1M / 100k"], "x")
+    add("p50, 4 x 10,000,000 points, no selection", _p50(results, 10_000_000, "none"), BAR["10M"])
+    return checks
+
+
+def _fmt(value, spec: str, missing: str = "-") -> str:
+    """``format(value, spec)``, or ``missing`` padded to the same width when there is no value."""
+    width = int(spec.split(".")[0] or 0)
+    return missing.rjust(width) if value is None else format(value, spec)
+
+
+def report(r: dict) -> None:
+    """Print the figures of :func:`main` as plain-text tables."""
+    m = r["machine"]
+    v = r["versions"]
+    ref_name = {"webgl": "WebGL", "canvas": "canvas"}[r["reference_backend"]]
+    print(f"NeuroMapper dashboard player steps, {r['date']}: {m['cpus']} CPUs, {m['memory_gb']:.0f} GiB, "
+          f"load average {m['load_before'][0]:.2f} before / {m['load_after'][0]:.2f} after")
+    print(f"panel {v['panel']}, bokeh {v['bokeh']}, holoviews {v['holoviews']}, datashader {v['datashader']}, "
+          f"chromium {v['chromium']} (headless, WebGL on SwiftShader)")
+    print(f"{r['layers']} layers x {r['epochs']} epochs x {r['classes']} classes; {r['steps']} measured steps per "
+          f"row after {WARMUP_STEPS} warm-up steps; selection = {r['select_fraction']:.0%} of the points (box in layer0)")
+    print("step = click on the player -> all 4 layer pictures changed and painted (ms, in the page); "
+          "server = value received -> handled (ms, incl. Panel's 50 ms debounce);\n"
+          "MB = websocket payload per step (10^6 bytes); session MB = server RSS gained by one more session; "
+          f"speed-up = {ref_name} p50 / NeuroMapper p50\n")
+    header = (f"{'points/layer':>12} | {'selection':<9} | {'p50 ms':>7} | {'p95 ms':>7} | {'server ms':>9} | "
+              f"{'MB/step':>7} | {'session MB':>10} | {ref_name + ' p50':>10} | {ref_name + ' MB':>8} | {'speed-up':>8}")
+    print(header)
+    print("-" * len(header))
+    notes = []
+    for key, entry in r["sizes"].items():
+        n = int(key)
+        if "skipped" in entry:
+            print(f"{n:>12,} | skipped: {entry['skipped']}")
+            continue
+        nm, webgl = entry["neuromapper"], entry.get("webgl")
+        for case, label in (("none", "none"), ("selection", "active")):
+            s = nm[case]
+            ref = (webgl or {}).get(case)
+            if webgl is None:
+                ref_p50, ref_mb, speed = "not run", "-", "-"
+            elif ref is None:
+                ref_p50, ref_mb, speed = "no result", "-", "-"
+                notes.append(f"{ref_name} scatter at {n:,} ({label} selection): {webgl.get('error', 'not measured')}")
+            else:
+                ref_p50 = f"{ref['p50_ms']:.0f}" + ("*" if ref["steps"] < r["steps"] else "")
+                ref_mb = f"{ref['mb_per_step']:.1f}"
+                speed = f"{ref['p50_ms'] / s['p50_ms']:.1f}x"
+                if ref["steps"] < r["steps"]:
+                    notes.append(f"* {ref_name} scatter at {n:,} ({label} selection): only {ref['steps']} steps within the "
+                                 "time budget")
+            session = nm["session"]["rss_mb"]
+            print(f"{n:>12,} | {label:<9} | {s['p50_ms']:7.0f} | {s['p95_ms']:7.0f} | {_fmt(s['server_p50_ms'], '9.0f'):>9} | "
+                  f"{s['mb_per_step']:7.2f} | {session:10.0f} | {ref_p50:>10} | {ref_mb:>8} | {speed:>8}")
+    for note in dict.fromkeys(notes):
+        print(f"  {note}")
+
+    print("\nDetails (p50 over the measured steps)")
+    print(f"  {'points/layer':>12} {'app':<28} {'selection':<9} {'load s':>7} {'data in':>8} {'painted':>8} "
+          f"{'server':>7} {'handling':>8} {'render+push':>11} {'session MB (traced)':>20}")
+    for key, entry in r["sizes"].items():
+        if "skipped" in entry:
+            continue
+        for app_key, app in (("neuromapper", "NeuroMapper"), ("webgl", f"Bokeh {ref_name} scatter"),
+                             ("tutorial", "HoloViews rasterize tutorial")):
+            a = entry.get(app_key)
+            if a is None:
+                continue
+            if "none" not in a:
+                print(f"  {int(key):>12,} {app:<28} {'':<9} {a.get('error', 'no result')}")
+                continue
+            for case in ("none", "selection"):
+                s = a.get(case)
+                if s is None:
+                    continue
+                sess = a.get("session", {})
+                memory = (f"{sess['rss_mb']:.0f} ({sess['traced_mb']:.0f})" if "rss_mb" in sess
+                          else sess.get("error", "-")[:20])
+                print(f"  {int(key):>12,} {app:<28} {case:<9} {a['load_s']:7.1f} {_fmt(s['arrived_p50_ms'], '8.0f')} "
+                      f"{s['p50_ms']:8.0f} {_fmt(s['server_p50_ms'], '7.0f')} {_fmt(s['work_p50_ms'], '8.0f')} "
+                      f"{_fmt(s['push_p50_ms'], '11.0f')} {memory:>20}   ({s['steps']} steps, "
+                      f"{s['mb_per_step']:.2f} MB/step)")
+            if a.get("error"):
+                print(f"  {'':>12} {'':<28} stopped: {a['error']}")
+            if a.get("errors"):
+                print(f"  {'':>12} {'':<28} browser console errors: {a['errors'][:3]}")
+    for key, entry in r["sizes"].items():
+        reads = entry.get("neuromapper", {}).get("facts_read_s")
+        if reads:
+            text = ", ".join(f"{seconds:.1f} s with {how}" for how, seconds in reads.items())
+            print(f"  {int(key):>12,} opening the run and reading label, prediction, loss: {text}")
+    print("  data in = click -> new pictures in the page; painted = two frames later; handling = server work"
+          " without the debounce; render+push = NeuroMapper._push_images (reference: its source update)")
+
+    print("\nThe bar of the dashboard issue")
+    for c in r["bar"]:
+        value = "-" if c["value"] is None else (f"{c['value']:.2f}x" if c["unit"] == "x" else f"{c['value']:.0f} ms")
+        limit = f"{c['limit']:.1f}x" if c["unit"] == "x" else f"{c['limit']:.0f} ms"
+        print(f"  {c['verdict']:<12} {c['check']:<55} {value:>10}  (limit {limit})")
+
+
+if __name__ == "__main__":
+    main()
