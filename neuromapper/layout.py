@@ -115,7 +115,8 @@ def _sgd_epochs(
 
             n_negative = int((n - epoch_of_next_negative_sample[i]) / epochs_per_negative_sample[i])
             for _ in range(n_negative):
-                k = np.int64(_next_random(state) % np.uint64(n_vertices))
+                # multiply-shift maps 32 random bits onto [0, n_vertices) without a division
+                k = np.int64(((_next_random(state) >> np.uint64(32)) * np.uint64(n_vertices)) >> np.uint64(32))
                 if k == j:
                     continue
                 dx = y[j, 0] - y[k, 0]

@@ -3,7 +3,7 @@
 Each method is a function ``method(activations, n_neighbors, min_dist, seed, on_epoch,
 should_stop) -> (layouts, backend)`` where ``activations`` is ``(epoch, sample, unit)``, the
 layouts are ``(epoch, sample, 2)`` float32 with NaN for points that could not be placed, and
-``on_epoch(i)`` is called as each epoch's layout is final. :mod:`neuromapper.reduce` handles
+``on_epoch(i, layout)`` is called as each epoch's layout is final. :mod:`neuromapper.reduce` handles
 everything around them (parameters, caching, storage, parallelism, quality figures).
 
 Every method starts from the same **pre-embedding**: each epoch's activations are reduced to
@@ -56,6 +56,8 @@ the same way.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -80,7 +82,7 @@ WARM_ALPHA = 0.5
 ANCHOR_STRENGTH = 1.0
 SPREAD = 1.0
 
-OnEpoch = Callable[[int], None]
+OnEpoch = Callable[[int, np.ndarray], None]
 ShouldStop = Callable[[], bool]
 
 
@@ -92,7 +94,7 @@ def _never() -> bool:
     return False
 
 
-def _ignore(_: int) -> None:
+def _ignore(epoch: int, layout: np.ndarray) -> None:
     return None
 
 
@@ -233,6 +235,30 @@ def anchored_umap(
     anchor_strength: float = ANCHOR_STRENGTH,
 ) -> tuple[np.ndarray, str]:
     """Warm-started, anchored UMAP layouts of every epoch (see the module docstring)."""
+    with _one_core_for_the_optimiser():
+        return _anchored_umap(activations, n_neighbors, min_dist, seed, on_epoch, should_stop, warm_passes,
+                              warm_alpha, anchor_strength)
+
+
+@contextlib.contextmanager
+def _one_core_for_the_optimiser():
+    """Leave one core to the layout thread: cap BLAS/OpenMP threads (graphs, PCA) at cores - 1.
+
+    The graphs are built on a second thread while the layout is optimised; scikit-learn's
+    neighbour search and BLAS otherwise start one thread per core and spin against the optimiser.
+    A lower limit already set (a worker process of the pool) is kept.
+    """
+    import sklearn.neighbors  # noqa: F401 -- load its OpenMP runtime so the limit reaches it
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    current = [lib["num_threads"] for lib in threadpool_info()]
+    limit = max(1, min([(os.cpu_count() or 1) - 1, *current]))
+    with threadpool_limits(limit):
+        yield
+
+
+def _anchored_umap(activations, n_neighbors, min_dist, seed, on_epoch, should_stop, warm_passes, warm_alpha,
+                   anchor_strength):
     n_epochs, n_samples = activations.shape[:2]
     cuml = cuml_module()
     a, b = _curve(min_dist)
@@ -262,7 +288,7 @@ def anchored_umap(
                     previous_ids = ids
                 if should_stop():
                     raise Stopped
-                on_epoch(epoch)
+                on_epoch(epoch, out[epoch])
         finally:
             stopped = True
             pending.cancel()
@@ -345,7 +371,7 @@ def aligned_umap(activations, n_neighbors, min_dist, seed, on_epoch=_ignore, sho
     out = np.full((n_epochs, n_samples, 2), np.nan, dtype=np.float32)
     for epoch, (r, emb) in enumerate(zip(rows, embeddings)):
         out[epoch, r] = emb
-        on_epoch(epoch)
+        on_epoch(epoch, out[epoch])
     return out, "umap-learn"
 
 
@@ -382,7 +408,7 @@ def umap_per_epoch(activations, n_neighbors, min_dist, seed, on_epoch=_ignore, s
             out[epoch, r] = np.asarray(model.fit_transform(data), dtype=np.float32)
             if epoch:
                 out[epoch] = _procrustes_onto(out[epoch - 1], out[epoch])
-        on_epoch(epoch)
+        on_epoch(epoch, out[epoch])
     return out, "cuml" if cuml is not None else "umap-learn"
 
 
@@ -400,7 +426,7 @@ def pca_per_epoch(activations, n_neighbors, min_dist, seed, on_epoch=_ignore, sh
             out[epoch, r] = PCA(n_components=2, random_state=seed).fit_transform(x[r]).astype(np.float32)
             if epoch:
                 out[epoch] = _procrustes_onto(out[epoch - 1], out[epoch])
-        on_epoch(epoch)
+        on_epoch(epoch, out[epoch])
     return out, "scikit-learn"
 
 

@@ -62,7 +62,7 @@ import time
 import types
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Event
@@ -311,17 +311,33 @@ def reduce_layer(task: LayerTask, on_epoch: Callable[[int], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> dict:
     """Reduce one layer: layouts ``(epoch, sample, 2)`` plus quality figures per epoch.
 
-    Raises :class:`neuromapper.methods.Stopped` when ``should_stop()`` answers true.
+    ``on_epoch(i)`` is called as epoch ``i`` is laid out. Raises
+    :class:`neuromapper.methods.Stopped` when ``should_stop()`` answers true.
     """
     ds = open_run(task.run)
     activations = np.asarray(layer_activations(ds, task.layer).isel(sample=task.samples).values, dtype=np.float32)
     ds.close()
     method = _methods.METHODS[task.method]
-    layouts, backend = method(activations, task.n_neighbors, task.min_dist, task.seed,
-                              on_epoch or _methods._ignore, should_stop or _methods._never)
     sub = _quality.trust_subsample(activations.shape[1], task.seed)
     n_epochs = activations.shape[0]
-    trust = np.array([_quality.trustworthiness(activations[e][sub], layouts[e][sub]) for e in range(n_epochs)])
+    # Trustworthiness of each epoch is computed on a helper thread as soon as the epoch is laid
+    # out (scikit-learn spends it in BLAS and sorting, without the GIL), beside the optimiser.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuromapper-quality") as helper:
+        trust = {}
+
+        def laid_out(epoch: int, layout: np.ndarray) -> None:
+            trust[epoch] = helper.submit(_quality.trustworthiness, activations[epoch][sub], layout[sub].copy())
+            if on_epoch is not None:
+                on_epoch(epoch)
+
+        try:
+            layouts, backend = method(activations, task.n_neighbors, task.min_dist, task.seed, laid_out,
+                                      should_stop or _methods._never)
+        except BaseException:
+            for future in trust.values():
+                future.cancel()  # stopped or failed: do not wait for figures nobody will read
+            raise
+        trust = np.array([trust[e].result() if e in trust else np.nan for e in range(n_epochs)])
     disparity = np.array([np.nan] + [_quality.disparity(layouts[e - 1], layouts[e]) for e in range(1, n_epochs)])
     unplaced = np.isnan(layouts).any(axis=2).sum(axis=1).astype(np.int32)
     return {"layouts": layouts, "trustworthiness": trust, "disparity": disparity, "unplaced": unplaced,
