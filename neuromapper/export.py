@@ -242,18 +242,7 @@ def _default_embedding(ds: xr.Dataset, progress: bool) -> xr.DataArray:
     stored = reduction.list_embeddings(run_path)
     if stored:
         return reduction.load_embedding(run_path, stored[-1]["key"])
-    if not progress:
-        return reduction.reduce(run_path)
-    from tqdm.auto import tqdm
-
-    with tqdm(desc="reducing (no stored embedding)", unit="step") as bar:
-
-        def report(done: int, total: int, message: str) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-            bar.set_postfix_str(message, refresh=False)
-
-        return reduction.reduce(run_path, progress=report)
+    return reduction.reduce(run_path, progress="tqdm" if progress else None)
 
 
 def _scene(ds: xr.Dataset, embedding: xr.DataArray) -> tuple[EmbeddingScene, np.ndarray]:
