@@ -37,7 +37,7 @@ Design (the parts that are hard to undo, and why):
   ``strategy="auto"`` computes the points size exactly (:func:`points_bytes`). Up to
   :data:`POINTS_SMALL_BYTES` (2 MB, fine to e-mail) it takes points without rendering anything
   to compare: hover labels are worth more than a smaller file that is already small, and
-  rendering the estimate costs seconds (datashader's spreading is compiled on first use).
+  rendering the estimate costs seconds.
   Above that it estimates the images size by rendering the first and last epoch of every layer
   (kept for the export) and takes the smaller; above :data:`POINTS_MAX_SAMPLES` samples it
   always takes images, because drawing and hit-testing that many points per player step in
@@ -88,7 +88,6 @@ THUMBNAIL_MAX_SAMPLES = 5_000
 WIDTH_RANGE = (64, 2048)
 MODES = (COLOR_BY[0], COLOR_BY[2])  # "true class", "correct / incorrect"
 DATA_MARK = "__NEUROMAPPER_DATA__"
-MAX_SPREAD_PX = 5  # the largest radius _spread_px looks for
 
 
 @dataclass
@@ -486,7 +485,7 @@ def _frame_masks(scene: EmbeddingScene, layer: str, epoch_index: int, width: int
     x, y = scene.xs[layer][epoch_index], scene.ys[layer][epoch_index]
     counts = raster.count_categorical(x, y, groups, n_groups, frame)
     alpha = raster.eq_hist_alpha(counts.sum(axis=2, dtype=np.uint64))
-    px = _spread_px(alpha)
+    px = raster.spread_radius(alpha)
     planes = np.ascontiguousarray(counts.transpose(2, 0, 1))  # one copy, then a contiguous plane per group
     masks = []
     for plane in planes:
@@ -497,7 +496,7 @@ def _frame_masks(scene: EmbeddingScene, layer: str, epoch_index: int, width: int
         top, bottom = max(rows[0] - px, 0), min(rows[-1] + px + 1, frame.height)
         left, right = max(cols[0] - px, 0), min(cols[-1] + px + 1, frame.width)
         crop = np.where(plane[top:bottom, left:right] > 0, alpha[top:bottom, left:right], 0).astype(np.uint8)
-        masks.append((int(left), int(top), _alpha_png(_spread_alpha(crop, px))))
+        masks.append((int(left), int(top), _alpha_png(raster.spread(_white(crop), px)[..., 3])))
     return masks
 
 
@@ -506,31 +505,6 @@ def _white(alpha: np.ndarray) -> np.ndarray:
     # one uint32 per pixel, little-endian bytes R, G, B, A: A << 24 | 0xFFFFFF where lit
     packed = np.where(alpha > 0, (alpha.astype(np.uint32) << 24) | 0x00FFFFFF, 0).astype("<u4")
     return packed.view(np.uint8).reshape(alpha.shape + (4,))
-
-
-def _spread_alpha(alpha: np.ndarray, px: int) -> np.ndarray:
-    """``alpha`` grown by ``px`` pixels with datashader's ``spread``, as :func:`raster.spread` does."""
-    if px == 0:
-        return alpha
-    import datashader.transfer_functions as tf
-
-    packed = _white(alpha).view(np.uint32)[..., 0]
-    spread = tf.spread(tf.Image(packed, dims=["y", "x"]), px=px)
-    return np.ascontiguousarray(spread.data).view(np.uint8).reshape(alpha.shape + (4,))[..., 3]
-
-
-def _spread_px(alpha: np.ndarray) -> int:
-    """How many pixels :func:`raster.spread` grows this picture by (the dashboard's choice).
-
-    ``raster.spread`` does not report its radius, so it is read off the result: spreading by one
-    more pixel always grows the footprint of a picture that does not fill its frame. Reading it
-    back, rather than repeating the rule here, keeps the snapshot in step if the rule changes.
-    """
-    footprint = np.count_nonzero(raster.spread(_white(alpha))[..., 3])
-    for px in range(MAX_SPREAD_PX + 1):
-        if np.count_nonzero(_spread_alpha(alpha, px)) >= footprint:
-            return px
-    return MAX_SPREAD_PX
 
 
 def _alpha_png(alpha: np.ndarray) -> bytes:

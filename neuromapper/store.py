@@ -86,12 +86,17 @@ def write_atomic(ds: xr.Dataset, target: str | os.PathLike, encoding: dict | Non
     return target
 
 
-def compression_encoding(ds: xr.Dataset, complevel: int | None, chunk_sample: int = 4096) -> dict:
+CHUNK_BYTES = 4_000_000
+
+
+def compression_encoding(ds: xr.Dataset, complevel: int | None) -> dict:
     """netCDF encoding that zlib-compresses every array variable of ``ds`` at ``complevel``.
 
-    ``complevel=None`` stores the arrays uncompressed. Activations are chunked one layer and
-    epoch at a time so reading one layer across epochs (what :mod:`neuromapper.reduce` does)
-    never decompresses other layers.
+    ``complevel=None`` stores the arrays uncompressed. Arrays with a ``sample`` axis are chunked
+    one epoch and layer at a time and about :data:`CHUNK_BYTES` along ``sample``: reading one
+    layer across epochs (what :mod:`neuromapper.reduce` does) never decompresses other layers,
+    and a per-sample variable such as ``prediction`` is one chunk per epoch even for a million
+    samples, so reading it is a few large reads rather than thousands of small ones.
     """
     encoding = {}
     for name, var in ds.variables.items():
@@ -105,6 +110,9 @@ def compression_encoding(ds: xr.Dataset, complevel: int | None, chunk_sample: in
             enc["complevel"] = int(complevel)
             enc["shuffle"] = True
         if "sample" in var.dims:
+            per_sample = var.dtype.itemsize * int(np.prod(
+                [size for dim, size in zip(var.dims, var.shape) if dim not in ("epoch", "layer", "sample")]))
+            chunk_sample = max(1024, CHUNK_BYTES // max(per_sample, 1))
             enc["chunksizes"] = tuple(
                 min(size, chunk_sample) if dim == "sample" else (1 if dim in ("epoch", "layer") else size)
                 for dim, size in zip(var.dims, var.shape)

@@ -16,7 +16,7 @@ import xarray as xr
 from PIL import Image
 
 import neuromapper
-from neuromapper import export, open_run, raster
+from neuromapper import export, open_run
 from neuromapper.export import Estimate, choose_strategy, export_html
 from neuromapper.scene import CORRECTNESS_COLORS, ViewState, class_palette
 from neuromapper.synthetic import make_synthetic_run
@@ -284,15 +284,3 @@ def test_cli_export(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["export", str(run), "--epochs", "0,x"])
     assert exit_info.value.code == 2 and "argument --epochs: expected comma-separated int values" in capsys.readouterr().err
-
-
-def test_spread_radius_is_read_back_from_the_dashboard_raster():
-    """``_spread_px`` reads back the radius ``raster.spread`` chose, for sparse and dense pictures."""
-    rng = np.random.default_rng(0)
-    for n in (30, 700, 3_000, 40_000):
-        counts = np.zeros((120, 120), dtype=np.uint32)
-        np.add.at(counts, (rng.integers(0, 120, n), rng.integers(0, 120, n)), 1)
-        alpha = raster.eq_hist_alpha(counts)
-        px = export._spread_px(alpha)
-        expected = raster.spread(export._white(alpha))[..., 3] > 0
-        assert np.array_equal(export._spread_alpha(alpha, px) > 0, expected)
