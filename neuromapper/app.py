@@ -123,6 +123,7 @@ class NeuroMapper(pn.viewable.Viewer):
         self._job: tuple[threading.Thread, threading.Event] | None = None
         self._doc = None
         self._paths_drawn = False
+        self._hovered_cache: tuple = (None, None, None)  # (sample id, scene version, index)
         # Bokeh data sources of each layer's image and hover ring, per displayed copy, captured by
         # plot hooks so that player steps update them directly (see the module docstring).
         self._sources: dict[tuple[str, str], dict[int, object]] = {}
@@ -405,10 +406,13 @@ class NeuroMapper(pn.viewable.Viewer):
         return plots.marker(*self._ring_position(layer))
 
     def _hovered_index(self) -> int | None:
+        """Position of the hovered sample in the scene (remembered from the pick: 10M samples cost a scan)."""
         if self.hovered is None:
             return None
-        found = np.flatnonzero(self.scene.samples == self.hovered)
-        return int(found[0]) if found.size else None
+        if self._hovered_cache[:2] != (self.hovered, self.scene_version):
+            found = np.flatnonzero(self.scene.samples == self.hovered)
+            self._hovered_cache = (self.hovered, self.scene_version, int(found[0]) if found.size else None)
+        return self._hovered_cache[2]
 
     # -- interactions ------------------------------------------------------------------------
     def _select_indices(self, indices: np.ndarray) -> None:
@@ -469,8 +473,9 @@ class NeuroMapper(pn.viewable.Viewer):
             HOVER_RADIUS_PX * (frame.y_range[1] - frame.y_range[0]) / frame.height,
         )
         state = self._state()
-        index = self.scene.pick(layer, state.epoch_index, x, y, radius, self.scene.visible(state))
+        index = self.scene.pick(layer, state.epoch_index, x, y, radius, self._coloring(state).codes)
         sample = None if index is None else int(self.scene.samples[index])
+        self._hovered_cache = (sample, self.scene_version, index)
         if sample != self.hovered:
             self.hovered = sample
 
@@ -646,6 +651,7 @@ class NeuroMapper(pn.viewable.Viewer):
             pn.pane.Markdown(self._run_info(), css_classes=["nm-run-info"]),
             self._player,
             self._speed,
+            pn.widgets.MultiChoice.from_param(self.param.layers, label="layers side by side"),
             heading("**classes**"),
             self._class_buttons,
             pn.Row(self._all, self._none),

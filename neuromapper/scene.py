@@ -228,11 +228,12 @@ class EmbeddingScene:
 
     # -- lookups ------------------------------------------------------------------------------
     def pick(self, layer: str, epoch_index: int, x: float, y: float, radius: tuple[float, float],
-             keep: np.ndarray) -> int | None:
-        """Index of the drawn sample nearest to ``(x, y)`` within ``radius`` (data units), or None."""
+             codes: np.ndarray) -> int | None:
+        """Index of the drawn sample (``codes >= 0``) nearest to ``(x, y)`` within ``radius``, or None."""
         xs, ys = self.xs[layer][epoch_index], self.ys[layer][epoch_index]
         rx, ry = radius
-        near = np.flatnonzero((np.abs(xs - x) <= rx) & (np.abs(ys - y) <= ry) & keep)
+        near = np.flatnonzero((np.abs(xs - x) <= rx) & (np.abs(ys - y) <= ry))
+        near = near[codes[near] >= 0]
         if near.size == 0:
             return None
         d = ((xs[near] - x) / rx) ** 2 + ((ys[near] - y) / ry) ** 2

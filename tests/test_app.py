@@ -32,6 +32,13 @@ def test_viewer_opens_the_stored_embedding(viewer):
     assert rgba.shape == (360, 360, 4) and (rgba[..., 3] > 0).sum() > 300
 
 
+def test_choosing_layers_changes_the_plots(viewer):
+    viewer.__panel__()
+    assert [panel.name for panel in viewer._main.objects] == ["conv1", "conv2", "fc1", "fc2"]
+    viewer.layers = ["fc2", "conv1"]
+    assert [panel.name for panel in viewer._main.objects] == ["fc2", "conv1"]
+
+
 def test_every_state_change_redraws(viewer):
     base = viewer.layer_image("fc1")[1].copy()
     viewer.epoch = 3

@@ -73,11 +73,11 @@ def test_render_changes_with_epoch_and_greys_unselected_points():
 def test_lookups():
     scene = _scene()
     keep = np.ones(6, bool)
-    assert scene.pick("a", 0, 2.1, 2.05, (0.3, 0.3), keep) == 2
-    assert scene.pick("a", 0, 2.5, 2.5, (0.1, 0.1), keep) is None
-    keep_no_2 = keep.copy()
-    keep_no_2[2] = False
-    assert scene.pick("a", 0, 2.1, 2.05, (0.3, 0.3), keep_no_2) is None  # hidden points are not hoverable
+    codes = np.zeros(6, np.int8)
+    assert scene.pick("a", 0, 2.1, 2.05, (0.3, 0.3), codes) == 2
+    assert scene.pick("a", 0, 2.5, 2.5, (0.1, 0.1), codes) is None
+    codes[2] = -1
+    assert scene.pick("a", 0, 2.1, 2.05, (0.3, 0.3), codes) is None  # hidden points are not hoverable
     assert scene.inside_box("a", 1, (0.9, 0.9, 3.1, 3.1), keep).tolist() == [1, 2]
     triangle = np.array([[-0.5, -0.5], [4.5, -0.5], [4.5, 4.5]])
     assert scene.inside_polygon("a", 0, triangle, keep).tolist() == [0, 1, 2, 3, 4]
