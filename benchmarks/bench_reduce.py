@@ -41,6 +41,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -95,16 +96,22 @@ def child(spec: dict) -> dict:
     from neuromapper.synthetic import make_synthetic_run
 
     kwargs = dict(method=spec["method"], layers=spec["layers"], n_jobs=spec["n_jobs"], force=True)
+    warmup = []
     if spec["warm"]:
         tiny = Path(spec["scratch"]) / f"warmup-{os.getpid()}"
         make_synthetic_run(tiny, n_samples=300, n_epochs=3, n_layers=1, n_classes=5, dims=64, seed=1)
-        neuromapper.reduce(tiny, method=spec["method"], n_jobs=1, force=True)
+        for _ in range(2):  # the second call shows what is compiled again on every call
+            t0 = time.perf_counter()
+            neuromapper.reduce(tiny, method=spec["method"], n_jobs=1, force=True)
+            warmup.append(time.perf_counter() - t0)
+        shutil.rmtree(tiny, ignore_errors=True)
     t0 = time.perf_counter()
     with _PeakMemory() as mem:
         emb = neuromapper.reduce(spec["run"], **kwargs)
     seconds = time.perf_counter() - t0
     return {
         "seconds": seconds,
+        "warmup_seconds": warmup,
         "peak_mb": mem.peak / 2**20,
         "trust": emb["trustworthiness"].values.tolist(),  # (epoch, layer)
         "disparity": emb["disparity"].values.tolist(),
@@ -166,9 +173,15 @@ def summarise(result: dict) -> dict:
             "trust_by_epoch": trust}
 
 
+def _ref_seconds(ref: dict) -> float:
+    """AlignedUMAP's time without the compilation umap-learn repeats on every fit (conservative)."""
+    warmup = ref.get("warmup_seconds") or [0.0, 0.0]
+    return ref["seconds"] - warmup[1]
+
+
 def extrapolate(measured: dict, n: int, layers: int, jobs: int) -> dict | None:
     """AlignedUMAP's one-layer time as a power law of n through the measured sizes."""
-    pts = sorted((m["n"], m["seconds"]) for m in measured.values() if m.get("n"))
+    pts = sorted((m["n"], _ref_seconds(m)) for m in measured.values() if m.get("n"))
     if len(pts) < 2:
         return None
     (n1, t1), (n2, t2) = pts[-2], pts[-1]
@@ -231,8 +244,8 @@ def main() -> int:
                 results[(name, REFERENCE)] = {"seconds": ext["seconds"], "extrapolated": ext, "n": run["n"]}
 
     print()
-    print("| data | method | wall time | × faster than AlignedUMAP | fresh process | peak memory | "
-          "trustworthiness (mean) | Δ vs AlignedUMAP mean / worst epoch | disparity (mean) | disparity ratio | unplaced |")
+    print("| data | method | wall time (warm) | × faster than AlignedUMAP | fresh process (×) | peak memory | "
+          "trustworthiness (mean) | Δ vs AlignedUMAP: mean / worst epoch | disparity (mean) | disparity ratio | unplaced |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in runs:
         ref = results.get((name, REFERENCE))
@@ -245,12 +258,12 @@ def main() -> int:
                 print(f"| {name} | {method} | ~{r['seconds']:,.0f} s (extrapolated: n^{e['power']:.2f} from "
                       f"{e['from'][0]:,} and {e['from'][1]:,}) | 1 | | | | | | | |")
                 continue
-            speed = f"{ref['seconds'] / r['seconds']:.1f}×" if ref else "n/a"
+            speed = f"{_ref_seconds(ref) / r['seconds']:.1f}×" if ref else "n/a"
             fresh = ""
             if "fresh_seconds" in r:
                 fresh = f"{r['fresh_seconds']:.1f} s"
                 if ref:
-                    fresh += f" ({ref['seconds'] / r['fresh_seconds']:.1f}×)"
+                    fresh += f" ({_ref_seconds(ref) / r['fresh_seconds']:.1f}×)"
             if ref and "trust_by_epoch" in ref:
                 diff = r["trust_by_epoch"] - ref["trust_by_epoch"]
                 delta = f"{np.nanmean(diff):+.4f} / {np.nanmin(diff):+.4f}"
@@ -261,16 +274,27 @@ def main() -> int:
                   f"{r['trust_mean']:.4f} | {delta} | {r['disp_mean']:.5f} | {ratio} | {r['unplaced']} |")
 
     print()
+    for name in runs:
+        ref = results.get((name, REFERENCE))
+        if ref and ref.get("warmup_seconds"):
+            print(f"{name}: AlignedUMAP recompiles its joint optimiser on every fit: {ref['warmup_seconds'][1]:.1f} s "
+                  f"(a 300-point fit after a first one); the speed-ups above exclude it. Its time including it: "
+                  f"{ref['seconds']:.1f} s.")
+        ours = results.get((name, DEFAULT))
+        if ours and ours.get("warmup_seconds"):
+            print(f"{name}: {DEFAULT} one-off compilation and imports: first call {ours['warmup_seconds'][0]:.1f} s, "
+                  f"second {ours['warmup_seconds'][1]:.2f} s (300 points); fresh process minus warm call: "
+                  f"{ours['fresh_seconds'] - ours['seconds']:.1f} s.")
     print(f"load average at end {load_average()}")
     key = "synthetic-10000"
     if (key, DEFAULT) in results and (key, REFERENCE) in results and "trust_by_epoch" in results[(key, REFERENCE)]:
         r, ref = results[(key, DEFAULT)], results[(key, REFERENCE)]
         diff = r["trust_by_epoch"] - ref["trust_by_epoch"]
         checks = [
-            (f"warm speed-up at 10,000 x 10 >= 50x: {ref['seconds'] / r['seconds']:.1f}x",
-             ref["seconds"] / r["seconds"] >= 50),
-            (f"fresh-process speed-up >= 10x: {ref['seconds'] / r['fresh_seconds']:.1f}x",
-             ref["seconds"] / r["fresh_seconds"] >= 10),
+            (f"warm speed-up at 10,000 x 10 >= 50x: {_ref_seconds(ref) / r['seconds']:.1f}x",
+             _ref_seconds(ref) / r["seconds"] >= 50),
+            (f"fresh-process speed-up >= 10x: {_ref_seconds(ref) / r['fresh_seconds']:.1f}x",
+             _ref_seconds(ref) / r["fresh_seconds"] >= 10),
             (f"mean trustworthiness no more than 0.005 below: {np.nanmean(diff):+.4f}", np.nanmean(diff) >= -0.005),
             (f"no epoch more than 0.01 below: worst {np.nanmin(diff):+.4f}", np.nanmin(diff) >= -0.01),
             (f"mean disparity no worse: {r['disp_mean']:.5f} vs {ref['disp_mean']:.5f}", r["disp_mean"] <= ref["disp_mean"]),

@@ -147,16 +147,23 @@ def nearest_neighbours(data: np.ndarray, k: int, seed: int, init: np.ndarray | N
     if cuml is not None:
         model = cuml.neighbors.NearestNeighbors(n_neighbors=k).fit(data)
         dists, indices = model.kneighbors(data)
-        return np.asarray(indices, dtype=np.int64), np.asarray(dists, dtype=np.float32)
-    if n <= EXACT_KNN_MAX:
+        indices, dists = np.asarray(indices, dtype=np.int64), np.asarray(dists, dtype=np.float32)
+    elif n <= EXACT_KNN_MAX:
         dists, indices = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(data).kneighbors(data)
-        return indices.astype(np.int64), dists.astype(np.float32)
-    from pynndescent import NNDescent
+        indices, dists = indices.astype(np.int64), dists.astype(np.float32)
+    else:
+        from pynndescent import NNDescent
 
-    index = NNDescent(data, n_neighbors=k, random_state=seed, n_jobs=1, init_graph=init,
-                      low_memory=True, compressed=True)
-    indices, dists = index.neighbor_graph
-    return indices.astype(np.int64), dists.astype(np.float32)
+        index = NNDescent(data, n_neighbors=k, random_state=seed, n_jobs=1, init_graph=init,
+                          low_memory=True, compressed=True)
+        indices, dists = index.neighbor_graph
+        indices, dists = indices.astype(np.int64), dists.astype(np.float32)
+    # Brute force computes |x|^2 + |y|^2 - 2x.y, so a point's distance to itself comes out as
+    # rounding noise (1e-7) rather than 0; UMAP would take that noise for the distance to the
+    # nearest neighbour (rho) and weaken every edge of the point, which costs trustworthiness.
+    # Exact zeros, as umap-learn's own small-data path gives.
+    dists[indices == np.arange(n)[:, None]] = 0.0
+    return indices, dists
 
 
 def build_graphs(
@@ -219,7 +226,11 @@ def _fresh_layout(g: EpochGraph, seed: int) -> np.ndarray:
         from sklearn.decomposition import PCA
 
         init = PCA(n_components=2, random_state=seed).fit_transform(g.data)
-    return np.ascontiguousarray(noisy_scale_coords(init, random_state, max_coord=10.0, noise=0.0001))
+    init = noisy_scale_coords(init, random_state, max_coord=10.0, noise=0.0001)
+    # As umap-learn's simplicial_set_embedding does before optimising: each axis spans [0, 10], so
+    # a spectral start with one dominant direction does not begin squashed onto a line.
+    init = 10.0 * (init - init.min(axis=0)) / (init.max(axis=0) - init.min(axis=0))
+    return np.ascontiguousarray(init, dtype=np.float32)
 
 
 def anchored_umap(
