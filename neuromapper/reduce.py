@@ -43,9 +43,9 @@ per-epoch progress back through a queue and are terminated at once on cancellati
 ------------------------------------------------------------
 ``neuromapper.reduce(run)`` computes an embedding, and ``import neuromapper.reduce`` /
 ``from neuromapper.reduce import find_embedding`` reach this module. Both work because the
-module object is callable (its class is replaced by :class:`_CallableModule` at import, the
-standard :pep:`549`-style idiom for module-level behaviour); ``neuromapper.reduce.reduce`` is
-the plain function, for tools that want one.
+module object is callable: its class is replaced by :class:`_CallableModule` at import (the
+``sys.modules[__name__].__class__`` idiom from the Python reference, "Customizing module
+attribute access"). ``neuromapper.reduce.reduce`` is the plain function, for tools that want one.
 """
 
 from __future__ import annotations
@@ -119,6 +119,11 @@ def _as_int(name: str, value, minimum: int) -> int:
 
 
 def _open(run) -> tuple[xr.Dataset, Path]:
+    """The run as a lazy Dataset of everything recorded, and its directory.
+
+    A Dataset argument stands for its directory (``attrs["path"]``): the run is opened again from
+    disk, so a Dataset that was subset or modified in memory cannot disagree with what workers read.
+    """
     if isinstance(run, xr.Dataset):
         path = run.attrs.get("path")
         if not path:
@@ -126,7 +131,7 @@ def _open(run) -> tuple[xr.Dataset, Path]:
                 "run: expected a run directory or a Dataset from neuromapper.open_run (with attrs['path']); "
                 "this Dataset has no 'path' attribute"
             )
-        return run, run_root(path)
+        run = path
     if not isinstance(run, (str, os.PathLike)):
         raise TypeError(f"run: expected a run directory (str or Path) or a Dataset from open_run, got {type(run).__name__}")
     root = run_root(run)
@@ -229,7 +234,10 @@ def load_embedding(run, key: str) -> xr.DataArray:
 
 def _root_of(run) -> Path:
     if isinstance(run, xr.Dataset):
-        return _open(run)[1]
+        if not run.attrs.get("path"):
+            raise ValueError("run: expected a run directory or a Dataset from neuromapper.open_run; "
+                             "this Dataset has no 'path' attribute")
+        return run_root(run.attrs["path"])
     return run_root(run)
 
 
@@ -308,15 +316,15 @@ class LayerTask:
 
 
 def reduce_layer(task: LayerTask, on_epoch: Callable[[int], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> dict:
+                 should_stop: Callable[[], bool] | None = None, run: xr.Dataset | None = None) -> dict:
     """Reduce one layer: layouts ``(epoch, sample, 2)`` plus quality figures per epoch.
 
-    ``on_epoch(i)`` is called as epoch ``i`` is laid out. Raises
+    ``on_epoch(i)`` is called as epoch ``i`` is laid out; ``run`` is the run already opened (in
+    this process), else it is opened from ``task.run``. Raises
     :class:`neuromapper.methods.Stopped` when ``should_stop()`` answers true.
     """
-    ds = open_run(task.run)
+    ds = open_run(task.run) if run is None else run
     activations = np.asarray(layer_activations(ds, task.layer).isel(sample=task.samples).values, dtype=np.float32)
-    ds.close()
     method = _methods.METHODS[task.method]
     sub = _quality.trust_subsample(activations.shape[1], task.seed)
     n_epochs = activations.shape[0]
@@ -408,11 +416,11 @@ class _Tracker:
             self.progress(self.done, self.total, f"layer {self.tasks[index].layer}, epoch {self.epochs[epoch]}")
 
 
-def _run_here(tasks, tracker, cancel: Event | None) -> list[dict]:
+def _run_here(tasks, tracker, cancel: Event | None, ds: xr.Dataset) -> list[dict]:
     results = []
     should_stop = cancel.is_set if cancel is not None else None
     for index, task in enumerate(tasks):
-        results.append(reduce_layer(task, lambda epoch, i=index: tracker(i, epoch), should_stop))
+        results.append(reduce_layer(task, lambda epoch, i=index: tracker(i, epoch), should_stop, ds))
     return results
 
 
@@ -600,7 +608,7 @@ def _compute(ds, root, params, key, samples, epochs, started, progress, cancel, 
         elif n_jobs > 1 and len(tasks) > 1:
             results = _run_pool(tasks, tracker, cancel, min(n_jobs, len(tasks)))
         else:
-            results = _run_here(tasks, tracker, cancel)
+            results = _run_here(tasks, tracker, cancel, ds)
     except _methods.Stopped:
         raise ReductionCancelled(f"reduction {key} of {root} cancelled; nothing was stored") from None
     if cancel is not None and cancel.is_set():
