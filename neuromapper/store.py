@@ -38,6 +38,13 @@ arrays, not netCDF-4 variable-length strings: with netCDF4 1.7.4+ (HDF5 2.x) and
 a file with vlen strings again after another handle to it was closed segfaults the process
 (pydata/xarray#9093), which a dashboard serving several sessions does all the time. They read
 back as ordinary ``str`` arrays.
+
+The HDF5 library that netCDF4 wheels bundle is not thread-safe, and xarray opens a file partly
+outside its own lock (variable metadata is read unlocked), so two threads opening run files at
+once crash the process with a bus error (seen with a ``dask.distributed`` worker reducing two
+layers; the dashboard's background reduce does the same beside a serving thread). Every open,
+every lazy read of an opened file and every write in this module therefore goes through one
+process-wide re-entrant lock, :data:`HDF5_GUARD`.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +62,41 @@ SCHEMA_VERSION = 1
 RUN_FILE = "run.nc"
 EPOCH_DIR = "epochs"
 EPOCH_PATTERN = re.compile(r"^epoch-(\d{6})\.nc$")
+
+
+class _ProcessGuard:
+    """A re-entrant lock shared by the whole process that pickles as a reference to itself.
+
+    xarray keeps the lock inside every lazily opened array, and dask (with a distributed client)
+    pickles those arrays; a plain :class:`threading.RLock` cannot be pickled, and a copy would not
+    guard anything. Unpickled in a worker process it becomes that process's own guard.
+    """
+
+    _lock = threading.RLock()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self):
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+
+    def __reduce__(self):
+        return (_process_guard, ())
+
+
+def _process_guard() -> _ProcessGuard:
+    return HDF5_GUARD
+
+
+HDF5_GUARD = _ProcessGuard()
+"""Serialises all HDF5 work of this process that goes through this module (see the docstring)."""
 
 
 class RunError(ValueError):
@@ -74,7 +117,9 @@ def write_atomic(ds: xr.Dataset, target: str | os.PathLike, encoding: dict | Non
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
-    ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding or {})
+    ds = ds.load()  # lazy inputs are read (under the guard) before the write takes it
+    with HDF5_GUARD:
+        ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding or {})
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, target)
@@ -279,8 +324,12 @@ def _read_schema(path: Path, ds: xr.Dataset) -> int:
 def open_netcdf(path: Path, chunks: dict | None = None) -> xr.Dataset:
     """Open one NeuroMapper netCDF file, turning low-level HDF5 errors into a clear message."""
     try:
-        ds = xr.open_dataset(path, engine="netcdf4", chunks=chunks)
-    except FileNotFoundError:
+        with HDF5_GUARD:
+            ds = xr.open_dataset(path, engine="netcdf4", chunks=chunks, lock=HDF5_GUARD)
+            _read_schema(path, ds)
+            # char-array strings decode as object arrays; give callers plain str arrays back
+            strings = {name: var.astype(str) for name, var in ds.variables.items() if var.dtype.kind == "O"}
+    except (FileNotFoundError, RunError):
         raise
     except Exception as exc:  # netCDF4/HDF5 raise OSError, RuntimeError or KeyError on bad bytes
         size = path.stat().st_size if path.exists() else 0
@@ -288,9 +337,6 @@ def open_netcdf(path: Path, chunks: dict | None = None) -> xr.Dataset:
             f"{path} is truncated or corrupt ({size} bytes; expected a complete netCDF-4 file): "
             f"{type(exc).__name__}: {exc}. Delete it to open the rest of the run"
         ) from exc
-    _read_schema(path, ds)
-    # char-array strings decode as object arrays; give callers plain str arrays back
-    strings = {name: var.astype(str) for name, var in ds.variables.items() if var.dtype.kind == "O"}
     return ds.assign_coords({k: v for k, v in strings.items() if k in ds.coords}).assign(
         {k: v for k, v in strings.items() if k in ds.data_vars}
     )

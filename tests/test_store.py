@@ -228,3 +228,27 @@ def test_reopening_a_run_while_another_handle_closes_does_not_crash(tmp_path):
     assert "reopened ['conv.1', 'fc']" in result.stdout
     with netCDF4.Dataset(tmp_path / "run" / "run.nc") as nc:
         assert nc["layer"].dtype == "S1"  # stored as a char array, not a variable-length string
+
+
+THREADS = """
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from neuromapper import open_run
+
+def read(i):
+    ds = open_run(sys.argv[1])
+    return float(ds["activation"].sel(layer="fc").mean().compute())
+
+with ThreadPoolExecutor(4) as pool:
+    means = list(pool.map(read, range(40)))
+print("equal", len(set(means)) == 1, len(means))
+"""
+
+
+def test_opening_and_reading_a_run_from_many_threads_does_not_crash(tmp_path):
+    """HDF5 is not thread-safe and xarray opens partly unlocked: a dask worker reducing two layers
+    crashed with a bus error before every open and read went through ``store.HDF5_GUARD``."""
+    _make_run(tmp_path / "run", epochs=4, n=200)
+    result = subprocess.run([sys.executable, "-c", THREADS, str(tmp_path / "run")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-1000:]
+    assert "equal True 40" in result.stdout

@@ -7,6 +7,7 @@ are written to ``test-artifacts/`` for people to look at.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -124,9 +125,14 @@ DOCUMENT_IDLE = "() => !!(window.Bokeh && Bokeh.documents.length && Bokeh.docume
 
 
 @pytest.fixture(scope="session")
-def reduced_run(small_run):
-    """The session's small recorded run with its default embedding stored beside it."""
+def reduced_run(small_run, tmp_path_factory):
+    """A private copy of the session's small run with only its default embedding beside it.
+
+    The dashboard opens the newest stored embedding, so a copy keeps other tests' reductions of
+    ``small_run`` (e.g. 25 samples per class) out of these pages.
+    """
     from neuromapper import reduce
 
-    reduce(small_run)
-    return small_run
+    run = shutil.copytree(small_run, tmp_path_factory.mktemp("ui") / "small", ignore=shutil.ignore_patterns("embeddings"))
+    reduce(run)
+    return run
