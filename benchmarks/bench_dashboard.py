@@ -17,7 +17,8 @@ Debian's chromium through Playwright, and for every configuration reports:
   counted.
 * **server ms**: from the moment the server receives the player's new value to the end of its
   handling (all watchers: the rasters of the four layers, legend, quality line, curve marker).
-  It includes Panel's 50 ms change debounce (``Syncable._debounce``); the JSON also has the
+  (The dashboard's ``EpochPlayer`` skips Panel's 50 ms change debounce, so none is included; a
+  plain Panel player, as in the WebGL reference, still has it.) The JSON also has the
   handling alone (``work``) and ``NeuroMapper._push_images`` alone (``push``, timed by a
   subclass that wraps it).
 * **MB per step**: websocket payload received by the page for the step (Playwright's
@@ -71,10 +72,10 @@ unplaced. The dashboard therefore reads ``run.nc`` and the per-epoch ``predictio
 How sessions open the run: the server's factory gives each session ``TimedNeuroMapper(run,
 embedding=da)`` with ``run = open_run(path, chunks={"sample": -1})`` opened once, so each session
 reads label, prediction and loss (its own copies, counted in its memory) with one dask chunk per
-epoch. ``NeuroMapper(path)``, as ``dashboards/neuromapper.py`` does it, reads them with the
-on-disk chunks of 4,096 samples, i.e. thousands of dask tasks: at 1,000,000 points that took
-17 s instead of 2.7 s in the recorded run. It only lengthens page loads, not player steps; the
-details table prints both read times (the as-shipped one is not timed above 1,000,000 points).
+epoch. ``NeuroMapper(path)``, as ``dashboards/dashboard.py`` does it, reads them with the
+on-disk chunks (about 4 MB along ``sample``, ``neuromapper.store.CHUNK_BYTES``). It only affects
+page loads, not player steps; the details table prints both read times (the as-shipped one is
+not timed above 1,000,000 points).
 
 Runs are cached in ``--cache`` (default ``$TMPDIR/neuromapper-bench-dashboard``, printed) and
 reused when their parameters match; the embedding is regenerated in memory each time.
@@ -135,8 +136,7 @@ SELECT_FRACTION = 0.10
 WARMUP_STEPS = 2
 VIEWPORT = {"width": 1800, "height": 1100}
 MB = 1e6
-# Sessions get the run opened once with one dask chunk per epoch: with the on-disk chunks of 4,096
-# samples, reading label, prediction and loss is thousands of dask tasks (see the module docstring).
+# Sessions get the run opened once with one dask chunk per epoch (see the module docstring).
 SESSION_CHUNKS = {"sample": -1}
 AS_SHIPPED_MAX = 1_000_000  # above this, the as-shipped read is not timed (minutes at 10M)
 BAR = {"1M": 250.0, "1M selection": 350.0, "1M / 100k": 1.5, "10M": 500.0}
@@ -899,7 +899,7 @@ def report(r: dict) -> None:
     print(f"{r['layers']} layers x {r['epochs']} epochs x {r['classes']} classes; {r['steps']} measured steps per "
           f"row after {WARMUP_STEPS} warm-up steps; selection = {r['select_fraction']:.0%} of the points (box in layer0)")
     print("step = click on the player -> all 4 layer pictures changed and painted (ms, in the page); "
-          "server = value received -> handled (ms, incl. Panel's 50 ms debounce);\n"
+          "server = value received -> handled (ms);\n"
           "MB = websocket payload per step (10^6 bytes); session MB = server RSS gained by one more session; "
           f"speed-up = {ref_name} p50 / NeuroMapper p50\n")
     header = (f"{'points/layer':>12} | {'selection':<9} | {'p50 ms':>7} | {'p95 ms':>7} | {'server ms':>9} | "
@@ -969,7 +969,7 @@ def report(r: dict) -> None:
             text = ", ".join(f"{seconds:.1f} s with {how}" for how, seconds in reads.items())
             print(f"  {int(key):>12,} opening the run and reading label, prediction, loss: {text}")
     print("  data in = click -> new pictures in the page; painted = two frames later; handling = server work"
-          " without the debounce; render+push = NeuroMapper._push_images (reference: its source update)")
+          " alone (the reference player's 50 ms debounce left out); render+push = NeuroMapper._push_images (reference: its source update)")
 
     print("\nThe bar of the dashboard issue")
     for c in r["bar"]:
