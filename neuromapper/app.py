@@ -42,7 +42,7 @@ import pandas as pd
 import panel as pn
 import param
 import xarray as xr
-from panel.io import hold
+from panel.io import hold, with_lock
 
 from . import plots, raster
 from .scene import COLOR_BY, SHOW, EmbeddingScene, ViewState, class_palette
@@ -62,9 +62,16 @@ class EpochPlayer(pn.widgets.DiscretePlayer):
 
     Panel holds a widget change for ``_debounce`` ms so that a burst of changes is handled once;
     a player step is a single change and a step's whole budget is 250 ms, so it goes at once.
+    Panel runs such an undebounced change without the document lock unless its coroutine is
+    marked ``with_lock``; the step's watchers change Bokeh models directly (the images, the
+    curve marker), which Bokeh allows only under that lock.
     """
 
     _priority_changes = ["value"]
+
+    @with_lock
+    async def _change_coroutine(self, doc, event_id=None) -> None:
+        await super()._change_coroutine(doc, event_id)
 
 
 def _reduction():

@@ -34,6 +34,11 @@ def dashboard(serve, reduced_run):
     return serve(factory), viewers
 
 
+SPAN_LOCATIONS = """
+() => Bokeh.documents[0].all_models ? [...Bokeh.documents[0].all_models].filter(m => m.type === "Span").map(m => m.location) : []
+"""
+
+
 def open_dashboard(page, url):
     page.goto(url, timeout=120_000)  # a session's first page builds the viewer: slow on a busy 2-core CI box
     page.wait_for_function(DOCUMENT_IDLE, timeout=60_000)
@@ -67,6 +72,8 @@ def test_player_step_changes_every_layer(page, console_errors, dashboard):
         message="every layer image to change",
     )
     assert set(after) == set(before)
+    # the epoch line on the training curves moved too (a Bokeh Span changed by the step's watcher)
+    wait_until(lambda: page.evaluate(SPAN_LOCATIONS) == [1] * len(viewers[0]._markers), message="the epoch marker at 1")
     screenshot(page, "dashboard-epoch-1")
 
 
