@@ -80,8 +80,8 @@ not timed above 1,000,000 points).
 Runs are cached in ``--cache`` (default ``$TMPDIR/neuromapper-bench-dashboard``, printed) and
 reused when their parameters match; the embedding is regenerated in memory each time.
 
-Run it from the repository root (progress goes to stderr; a full run took 22 minutes on this 2-core
-machine while other benchmarks kept its load average near 8, see ``RESULTS-dashboard.md``)::
+Run it from the repository root (progress goes to stderr; a full run took 16 minutes on this
+2-core machine with nothing else running, see ``RESULTS-dashboard.md``)::
 
     .venv/bin/python benchmarks/bench_dashboard.py                              # 100k, 1M, 10M
     .venv/bin/python benchmarks/bench_dashboard.py --sizes 20000 --steps 5      # quick check
