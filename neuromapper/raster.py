@@ -38,6 +38,26 @@ class Frame:
     width: int
     height: int
 
+    def transform(self) -> tuple:
+        """``(x0, sx, y0, sy, width, height)``: data to pixel as the compiled kernels take it."""
+        (x0, x1), (y0, y1) = self.x_range, self.y_range
+        sx = self.width / (x1 - x0) if x1 > x0 else 0.0
+        sy = self.height / (y1 - y0) if y1 > y0 else 0.0
+        return x0, sx, y0, sy, self.width, self.height
+
+
+@numba.njit(inline="always")
+def _pixel(xi, yi, x0, sx, y0, sy, width, height):
+    """Row (0 at the top of the picture) and column of a point, or ``(-1, -1)`` when it is NaN
+    (a point the reduction could not place) or outside the frame (right and top edges exclusive)."""
+    if not (xi == xi and yi == yi):
+        return -1, -1
+    col = int((xi - x0) * sx)
+    row = int((yi - y0) * sy)
+    if col < 0 or col >= width or row < 0 or row >= height:
+        return -1, -1
+    return height - 1 - row, col
+
 
 @numba.njit(nogil=True, cache=True)
 def _count_categorical(x, y, codes, n_codes, x0, sx, y0, sy, width, height, out):
@@ -45,15 +65,9 @@ def _count_categorical(x, y, codes, n_codes, x0, sx, y0, sy, width, height, out)
         c = codes[i]
         if c < 0 or c >= n_codes:
             continue
-        xi = x[i]
-        yi = y[i]
-        if not (xi == xi and yi == yi):  # NaN: a point the reduction could not place
-            continue
-        col = int((xi - x0) * sx)
-        row = int((yi - y0) * sy)
-        if col < 0 or col >= width or row < 0 or row >= height:
-            continue
-        out[height - 1 - row, col, c] += 1  # row 0 is the top of the picture
+        r, col = _pixel(x[i], y[i], x0, sx, y0, sy, width, height)
+        if r >= 0:
+            out[r, col, c] += 1
 
 
 def count_categorical(x: np.ndarray, y: np.ndarray, codes: np.ndarray, n_codes: int, frame: Frame) -> np.ndarray:
@@ -63,10 +77,7 @@ def count_categorical(x: np.ndarray, y: np.ndarray, codes: np.ndarray, n_codes: 
     and top edges are exclusive, as in datashader.
     """
     out = np.zeros((frame.height, frame.width, n_codes), dtype=np.uint32)
-    (x0, x1), (y0, y1) = frame.x_range, frame.y_range
-    sx = frame.width / (x1 - x0) if x1 > x0 else 0.0
-    sy = frame.height / (y1 - y0) if y1 > y0 else 0.0
-    _count_categorical(x, y, codes, n_codes, x0, sx, y0, sy, frame.width, frame.height, out)
+    _count_categorical(x, y, codes, n_codes, *frame.transform(), out)
     return out
 
 
@@ -75,26 +86,17 @@ def _mean_value(x, y, values, keep, x0, sx, y0, sy, width, height, count, total)
     for i in range(x.shape[0]):
         if not keep[i]:
             continue
-        xi = x[i]
-        yi = y[i]
-        if not (xi == xi and yi == yi):
-            continue
-        col = int((xi - x0) * sx)
-        row = int((yi - y0) * sy)
-        if col < 0 or col >= width or row < 0 or row >= height:
-            continue
-        count[height - 1 - row, col] += 1
-        total[height - 1 - row, col] += values[i]
+        r, col = _pixel(x[i], y[i], x0, sx, y0, sy, width, height)
+        if r >= 0:
+            count[r, col] += 1
+            total[r, col] += values[i]
 
 
 def mean_value(x, y, values, keep, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel point count and mean of ``values`` over the points where ``keep`` is true."""
     count = np.zeros((frame.height, frame.width), dtype=np.uint32)
     total = np.zeros((frame.height, frame.width), dtype=np.float64)
-    (x0, x1), (y0, y1) = frame.x_range, frame.y_range
-    sx = frame.width / (x1 - x0) if x1 > x0 else 0.0
-    sy = frame.height / (y1 - y0) if y1 > y0 else 0.0
-    _mean_value(x, y, values, keep, x0, sx, y0, sy, frame.width, frame.height, count, total)
+    _mean_value(x, y, values, keep, *frame.transform(), count, total)
     with np.errstate(invalid="ignore", divide="ignore"):
         return count, np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
@@ -105,15 +107,9 @@ def _accumulate(x, y, codes, colors, selected, use_selection, x0, sx, y0, sy, wi
         c = codes[i]
         if c < 0:
             continue
-        xi = x[i]
-        yi = y[i]
-        if not (xi == xi and yi == yi):  # NaN: a point the reduction could not place
+        r, col = _pixel(x[i], y[i], x0, sx, y0, sy, width, height)
+        if r < 0:
             continue
-        col = int((xi - x0) * sx)
-        row = int((yi - y0) * sy)
-        if col < 0 or col >= width or row < 0 or row >= height:
-            continue
-        r = height - 1 - row  # row 0 is the top of the picture
         if use_selection and not selected[i]:
             grey[r, col] += 1
         else:
@@ -141,13 +137,10 @@ def accumulate_colors(x: np.ndarray, y: np.ndarray, codes: np.ndarray, colors: n
     """
     sums = np.zeros((frame.height, frame.width, 4), dtype=np.uint32)
     grey = np.zeros((frame.height, frame.width), dtype=np.uint32)
-    (x0, x1), (y0, y1) = frame.x_range, frame.y_range
-    sx = frame.width / (x1 - x0) if x1 > x0 else 0.0
-    sy = frame.height / (y1 - y0) if y1 > y0 else 0.0
     use_selection = selected is not None
     flags = selected if use_selection else np.zeros(1, dtype=np.bool_)
     _accumulate(x, y, codes, np.asarray(colors, dtype=np.uint32), flags, use_selection,
-                x0, sx, y0, sy, frame.width, frame.height, sums, grey)
+                *frame.transform(), sums, grey)
     return ColorSums(sums, grey if use_selection else None)
 
 
