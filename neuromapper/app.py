@@ -556,15 +556,15 @@ class NeuroMapper(pn.viewable.Viewer):
     def _quality_html(self, layer: str, epoch: int, _version: int) -> str:
         emb = self.scene.embedding
         params = json.loads(emb.attrs.get("params", "{}"))
-        e = dict(epoch=epoch, layer=layer)
+        quality, key = self.scene.quality, (epoch, layer)
         parts = [f"<b>{emb.attrs.get('method', '?')}</b> n_neighbors={params.get('n_neighbors')} "
                  f"min_dist={params.get('min_dist')}"]
-        if "trustworthiness" in emb.coords:
-            parts.append(f"trustworthiness {float(emb['trustworthiness'].sel(**e)):.3f}")
-        if "disparity" in emb.coords:
-            d = float(emb["disparity"].sel(**e))
+        if "trustworthiness" in quality:
+            parts.append(f"trustworthiness {quality['trustworthiness'][key]:.3f}")
+        if "disparity" in quality:
+            d = quality["disparity"][key]
             parts.append("disparity –" if np.isnan(d) else f"disparity {d:.3f}")
-        unplaced = int(emb["unplaced"].sel(**e)) if "unplaced" in emb.coords else 0
+        unplaced = int(quality["unplaced"][key]) if "unplaced" in quality else 0
         parts.append(f"<span style='color:{'#c0392b' if unplaced else '#777'}'>{unplaced} unplaced</span>")
         return "<div class='nm-quality' style='font-size:12px;color:#444'>" + " · ".join(parts) + "</div>"
 

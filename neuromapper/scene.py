@@ -127,6 +127,12 @@ class EmbeddingScene:
             else (0.0, 1.0)
         )
         self.palette = class_palette(self.class_names)
+        # per (epoch, layer): the embedding's quality figures, read once rather than per step
+        self.quality = {
+            name: {(e, layer): float(v) for e, row in zip(self.epochs, embedding[name].transpose("epoch", "layer").values)
+                   for layer, v in zip(self.layers, row)}
+            for name in ("trustworthiness", "disparity", "unplaced") if name in embedding.coords
+        }
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="neuromapper-raster")
         self._colorings: dict[ViewState, Coloring] = {}
 
