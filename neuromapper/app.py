@@ -19,6 +19,11 @@ Design (the parts that are hard to undo, and why):
   times slower at a million points (see :mod:`neuromapper.raster` and
   ``benchmarks/bench_dashboard.py``). The first layer callback after a state change renders all
   layers at once; the others find their image ready.
+* **The next epoch is rendered ahead.** After each step, the pictures of the epoch the player
+  goes to next (its direction and loop policy) are rendered in a background thread while the
+  browser paints the current ones, so a step is a hand-over of ready pictures. Rendering four
+  layers of a million points takes about as long as the rest of a step together; on two cores
+  it cannot hide inside the step itself. A jump, a turn or any other change renders as before.
 * **Linked selection by sample id.** ``hv.link_selections`` needs each plot to be an element
   over a shared dataset that it re-filters per step, which is exactly the per-step DataFrame
   work the scene avoids. Instead, ``BoundsXY`` and ``Lasso`` streams on every layer turn a box or
@@ -29,9 +34,11 @@ Design (the parts that are hard to undo, and why):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -64,10 +71,14 @@ class EpochPlayer(pn.widgets.DiscretePlayer):
     a player step is a single change and a step's whole budget is 250 ms, so it goes at once.
     Panel runs such an undebounced change without the document lock unless its coroutine is
     marked ``with_lock``; the step's watchers change Bokeh models directly (the images, the
-    curve marker), which Bokeh allows only under that lock.
+    curve marker), which Bokeh allows only under that lock. A step also does not flip the page's
+    busy indicator on and off: for a change this short that costs more server time than pushing
+    the four new pictures (two more document patches; measured with py-spy in
+    ``benchmarks/RESULTS-dashboard.md``).
     """
 
     _priority_changes = ["value"]
+    _busy__ignore = ["value", "value_throttled"]
 
     @with_lock
     async def _change_coroutine(self, doc, event_id=None) -> None:
@@ -123,6 +134,12 @@ class NeuroMapper(pn.viewable.Viewer):
         self.scene: EmbeddingScene | None = None
         self._render_lock = threading.Lock()
         self._rendered_key = None
+        # The pictures of the next epoch in the player's direction, rendered while the browser
+        # paints the current one: (view key, future of (coloring, {layer: (frame, rgba)})).
+        self._ahead: tuple[tuple, Future] | None = None
+        self._ahead_pool: ThreadPoolExecutor | None = None
+        self._direction = 1
+        self._shown_epoch_index: int | None = None
         self._rendered: dict[str, tuple[raster.Frame, np.ndarray]] = {}
         self._frames: dict[str, raster.Frame] = {}
         self._coloring_cache: tuple | None = None
@@ -320,6 +337,64 @@ class NeuroMapper(pn.viewable.Viewer):
                 for source in self._sources.get((layer, "image"), {}).values():
                     source.data = plots.rgba_source_data(rgba, frame)
             self._push_ring()
+        self._render_ahead()
+
+    def _render_ahead(self) -> None:
+        """Start rendering the next epoch in the player's direction in the background.
+
+        A player step is then a look-up: the server's share of a step at a million points per
+        layer drops from rendering four layers to handing over ready pictures. Anything that
+        changes the picture other than the epoch (colours, classes, selection, zoom, another
+        embedding) makes the key or frame differ, and the pictures are rendered afresh.
+        """
+        state = self._state()
+        upcoming = self._upcoming_epoch_index(state.epoch_index)
+        if upcoming is None:
+            self._ahead = None
+            return
+        ahead = dataclasses.replace(state, epoch_index=upcoming)
+        frames = {layer: self._frames.get(layer) or self._frame(layer, None, None) for layer in self.layers}
+        scene, selected = self.scene, self.selected_mask()
+
+        def render():
+            # one layer after the other on this one thread: the other core stays free for the
+            # browser painting the current step and the server sending it
+            coloring = scene.coloring(ahead, selected)
+            return coloring, {layer: (frame, scene.render(layer, upcoming, coloring, frame))
+                              for layer, frame in frames.items()}
+
+        if self._ahead_pool is None:
+            self._ahead_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuromapper-ahead")
+        self._ahead = ((ahead, self.scene_version), self._ahead_pool.submit(render))
+
+    def _upcoming_epoch_index(self, index: int) -> int | None:
+        """The epoch index the player goes to next, judged from its last step and loop policy."""
+        n = len(self.scene.epochs)
+        if self._shown_epoch_index is not None:
+            delta = index - self._shown_epoch_index
+            if delta in (1, 1 - n):  # a step forward, or a loop from the last epoch to the first
+                self._direction = 1
+            elif delta in (-1, n - 1):
+                self._direction = -1
+        self._shown_epoch_index = index
+        upcoming = index + self._direction
+        if 0 <= upcoming < n:
+            return upcoming
+        policy = self._player.loop_policy
+        if policy == "loop" and n > 1:
+            return upcoming % n
+        if policy == "reflect" and n > 1:
+            return index - self._direction
+        return None
+
+    def _take_ahead(self, key: tuple) -> dict:
+        """The pictures rendered ahead for ``key`` (waiting for them if still running), else none."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or ahead[0] != key:
+            return {}
+        coloring, images = ahead[1].result()
+        self._coloring_cache = (key, coloring)
+        return images
 
     @param.depends("hovered", watch=True)
     def _push_ring(self) -> None:
@@ -363,7 +438,7 @@ class NeuroMapper(pn.viewable.Viewer):
             state = self._state()
             key = (state, self.scene_version)
             if key != self._rendered_key:
-                self._rendered_key, self._rendered = key, {}
+                self._rendered_key, self._rendered = key, self._take_ahead(key)
             if layer not in self._rendered or self._rendered[layer][0] != frame:
                 todo = {
                     name: self._frames.get(name) or self._frame(name, None, None)
@@ -616,7 +691,7 @@ class NeuroMapper(pn.viewable.Viewer):
         series["probe accuracy"] = (self._predictions_all == self._labels_all[None, :]).mean(axis=1)
         series["probe loss"] = np.nanmean(self._loss_all, axis=1)
         marker = plots.epoch_marker(self.epoch).opts(hooks=[self._keep_marker])
-        return pn.pane.HoloViews(plots.training_curves(epochs, series) * marker, sizing_mode="stretch_width")
+        return pn.pane.HoloViews(plots.training_curves(epochs, series, marker), sizing_mode="stretch_width")
 
     def _keep_marker(self, plot, element) -> None:
         self._markers[id(plot.handles["glyph"])] = plot.handles["glyph"]

@@ -12,6 +12,11 @@ from .raster import Frame
 
 LAYER_SIZE = 360
 TOOLS = ["box_select", "lasso_select", "wheel_zoom", "pan", "reset"]
+# HoloViews asks Bokeh for WebGL by default. These plots draw pre-shaded images and a few lines,
+# which Bokeh paints on the 2-D canvas anyway; WebGL only adds a read-back of its own canvas into
+# the 2-D one on every repaint, which is most of a player step where WebGL is software-rendered
+# (headless browsers, machines without a GPU): measured in benchmarks/RESULTS-dashboard.md.
+CANVAS = {"plot.output_backend": "canvas"}
 
 
 def layer_image(rgba: np.ndarray, frame: Frame) -> hv.RGB:
@@ -47,6 +52,7 @@ def layer_options(title: str, x_range, y_range, size: int = LAYER_SIZE) -> dict:
         yaxis=None,
         toolbar="above",
         bgcolor="white",
+        backend_opts=CANVAS,
     )
 
 
@@ -68,22 +74,26 @@ def marker(x: float | None, y: float | None) -> hv.Points:
     )
 
 
-def training_curves(epochs: list[int], series: dict[str, np.ndarray]) -> hv.Overlay:
-    """Loss and accuracy per epoch; accuracies on [0, 1], losses on a second axis."""
+def training_curves(epochs: list[int], series: dict[str, np.ndarray], marker: hv.VLine | None = None) -> hv.Overlay:
+    """Loss and accuracy per epoch; accuracies on [0, 1], losses on a second axis.
+
+    ``marker`` (the current epoch) is composed here because an overlay made with ``*`` afterwards
+    is a new overlay without these options.
+    """
     curves = []
     for name, values in series.items():
         dim = "loss" if "loss" in name else "accuracy"
         curves.append(hv.Curve((epochs, values), "epoch", hv.Dimension(dim), label=name).opts(
             tools=["hover"], line_width=2))
-    return hv.Overlay(curves).opts(
-        multi_y=True, legend_position="right", height=170, responsive=True, show_grid=True,
+    return hv.Overlay(curves + ([] if marker is None else [marker])).opts(
+        multi_y=True, legend_position="right", height=170, responsive=True, show_grid=True, backend_opts=CANVAS,
         title="training curves (probe accuracy from the recorded predictions)",
     )
 
 
 def epoch_marker(epoch: int) -> hv.VLine:
-    """The current epoch on the training curves."""
-    return hv.VLine(epoch).opts(color="black", line_dash="dashed", line_width=1.5)
+    """The current epoch on the training curves (on the loss axis: its own would add a third)."""
+    return hv.VLine(epoch, kdims=["epoch", "loss"]).opts(color="black", line_dash="dashed", line_width=1.5)
 
 
 def legend_html(legend: dict[str, str], counts: dict[str, int] | None = None) -> str:

@@ -39,6 +39,16 @@ def test_choosing_layers_changes_the_plots(viewer):
     assert [panel.name for panel in viewer._main.objects] == ["fc2", "conv1"]
 
 
+def test_plots_keep_their_options_and_draw_on_the_2d_canvas(viewer):
+    import holoviews as hv
+
+    curves = hv.render(viewer._curves().object)
+    assert curves.title.text.startswith("training curves") and len(curves.extra_y_ranges) == 1
+    assert curves.sizing_mode == "stretch_width" and curves.output_backend == "canvas"
+    layer = hv.render(viewer._layer_panel("fc1")[0].object)
+    assert layer.title.text == "fc1" and layer.output_backend == "canvas"
+
+
 def test_every_state_change_redraws(viewer):
     base = viewer.layer_image("fc1")[1].copy()
     viewer.epoch = 3
@@ -57,6 +67,32 @@ def test_every_state_change_redraws(viewer):
     assert f"{wrong} of 300 samples drawn" in viewer._legend_html()
     viewer.show = "flipped"
     assert "learned" in viewer._legend_html()
+
+
+def test_the_next_epoch_is_rendered_ahead_and_drawn_as_a_fresh_render_would(viewer):
+    def fresh(layer):
+        state = viewer._state()
+        frame = viewer.scene.default_frame(layer, 360, 360)
+        coloring = viewer.scene.coloring(state, viewer.selected_mask())
+        return viewer.scene.render_layers({layer: frame}, state.epoch_index, coloring)[layer]
+
+    viewer.epoch = 1  # a step forward: epoch 2 is rendered in the background
+    assert viewer._ahead[0][0].epoch_index == 2
+    _, ready = viewer._ahead[1].result()
+    viewer.epoch = 2
+    assert viewer._rendered["fc2"][1] is ready["fc2"][1]  # the step used the ready pictures
+    assert viewer._ahead[0][0].epoch_index == 3  # and started on the next ones
+    assert all(np.array_equal(viewer.layer_image(layer)[1], fresh(layer)) for layer in viewer.layers)
+    viewer.color_by = "predicted class"  # pictures rendered ahead in the old colours must not be shown
+    viewer._ahead[1].result()
+    viewer.epoch = 3
+    assert np.array_equal(viewer.layer_image("fc2")[1], fresh("fc2"))
+    assert viewer._ahead[0][0].epoch_index == 0  # the player loops: after the last epoch comes the first
+    viewer.epoch = 2  # a step back turns the direction
+    assert viewer._ahead[0][0].epoch_index == 1
+    viewer._player.loop_policy = "once"
+    viewer.epoch = 3
+    assert viewer._ahead is None
 
 
 def test_box_selection_is_shared_by_layers_and_epochs(viewer):
