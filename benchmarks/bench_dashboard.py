@@ -9,20 +9,33 @@ Debian's chromium through Playwright, and for every configuration reports:
 
 * **step p50 / p95**: from the click on the player's ``button.next`` (or ``button.previous`` when
   the player is at the last epoch: the steps go back and forth, each one epoch) to all four layer
-  images having *changed* (the position-weighted ``IMAGE_CHECKSUMS`` of ``tests/ui/conftest.py``
-  differs for every layer) *and been painted* (two animation frames later). The click and the
-  clock are both in the page (``button.click()`` and ``performance.now()`` in one
+  images having *changed* (each plot's image array is a new one) *and been painted* (two
+  animation frames later). After the clock stops, the position-weighted ``IMAGE_CHECKSUMS`` of
+  ``tests/ui/conftest.py`` must differ from before the click for every layer, or the run fails:
+  the new arrays must be new pictures. (Summing 4 x 130,000 pixels in every animation frame
+  inside the timed span, as an earlier version did, cost the page about 50 ms per step.) The
+  click and the clock are both in the page (``button.click()`` and ``performance.now()`` in one
   ``page.evaluate``, whose result Python then collects with ``wait_for_function``), so
   Playwright's round trips are not in the figure. Two warm-up steps per configuration are not
   counted.
+* **rendered ahead, and cold**: after each step the dashboard renders the next epoch in the
+  player's direction in the background (``NeuroMapper._render_ahead``), so a step normally
+  finds its pictures ready; the JSON counts such steps (``ahead_steps``). The steps that turn at
+  the first and last epoch find nothing ready. Each configuration is then run again **cold**
+  (``TimedNeuroMapper.bench_ahead = False``: nothing rendered ahead, every step renders its four
+  pictures, as a jump to a far epoch does); the bar is checked on the as-shipped steps, the
+  cold ones are printed beside them.
 * **server ms**: from the moment the server receives the player's new value to the end of its
   handling (all watchers: the rasters of the four layers, legend, quality line, curve marker).
-  (The dashboard's ``EpochPlayer`` skips Panel's 50 ms change debounce, so none is included; a
-  plain Panel player, as in the WebGL reference, still has it.) The JSON also has the
-  handling alone (``work``) and ``NeuroMapper._push_images`` alone (``push``, timed by a
-  subclass that wraps it).
-* **MB per step**: websocket payload received by the page for the step (Playwright's
-  ``framereceived``), 10^6 bytes.
+  The dashboard's ``EpochPlayer`` skips Panel's 50 ms change debounce for ``value``; the
+  player's second property, ``value_throttled``, arrives with it and is still handled 50 ms
+  later (a no-op for the pictures, which have left by then), and that is included. The JSON
+  also has the handling alone (``work``) and ``NeuroMapper._push_images`` alone (``push``,
+  timed by a subclass that wraps it).
+* **MB per step**: websocket payload received by the page for the step, 10^6 bytes, counted in
+  the page by a wrapper around ``WebSocket`` (Playwright's ``framereceived`` would pass every
+  frame base64-encoded to this Python process, where decoding 2 MB per step took CPU and the
+  GIL from the Panel server running in the same process).
 * **session MB**: resident memory of this (server) process gained by opening one more browser
   session on the same run (``psutil``; the JSON also has what ``tracemalloc`` traced meanwhile).
 * the same with an **active linked selection**: ``viewer.select_box("layer0", box)`` is run on the
@@ -289,13 +302,16 @@ class ServerLog:
     received: list[float] = field(default_factory=list)  # player value arrived from the browser
     handled: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of the handling
     push: list[float] = field(default_factory=list)  # seconds in NeuroMapper._push_images / the update
+    ahead: list[bool] = field(default_factory=list)  # NeuroMapper: were the pictures rendered ahead?
 
-    def mark(self) -> tuple[int, int, int]:
-        return len(self.received), len(self.handled), len(self.push)
+    def mark(self) -> tuple[int, int, int, int]:
+        return len(self.received), len(self.handled), len(self.push), len(self.ahead)
 
-    def since(self, mark: tuple[int, int, int]) -> dict:
+    def since(self, mark: tuple[int, int, int, int]) -> dict:
         received, handled, push = self.received[mark[0]:], self.handled[mark[1]:], self.push[mark[2]:]
         out = {"work_ms": 1e3 * sum(end - start for start, end in handled), "push_ms": 1e3 * sum(push) if push else None}
+        if self.ahead[mark[3]:]:
+            out["ahead"] = any(self.ahead[mark[3]:])
         out["server_ms"] = 1e3 * (handled[-1][1] - received[0]) if received and handled else None
         return out
 
@@ -323,12 +339,28 @@ def instrument_player(player, log: ServerLog) -> None:
 
 
 class TimedNeuroMapper(NeuroMapper):
-    """The dashboard with its player hot path (``_push_images``) timed."""
+    """The dashboard with its player hot path (``_push_images``) timed.
+
+    It also logs whether a step found its pictures rendered ahead, and with ``bench_ahead =
+    False`` renders nothing ahead, so that every step renders its four pictures (the cold rows).
+    """
 
     def __init__(self, run, embedding=None, log: ServerLog | None = None, **params):
         self.bench_log = log or ServerLog()  # set first: _push_images may run during __init__
+        self.bench_ahead = True
         super().__init__(run, embedding=embedding, **params)
         instrument_player(self._player, self.bench_log)
+
+    def _render_ahead(self) -> None:
+        if self.bench_ahead:
+            super()._render_ahead()
+        else:
+            self._ahead = None
+
+    def _take_ahead(self, key: tuple) -> dict:
+        images = super()._take_ahead(key)
+        self.bench_log.ahead.append(bool(images))
+        return images
 
     @wraps(NeuroMapper._push_images)  # keeps param's dependency info, so the watcher is this method
     def _push_images(self) -> None:
@@ -466,36 +498,68 @@ STEP_JS = (
       if (elapsed > timeoutMs) return {timeout: true, ms: elapsed};
       const now = current();
       if (![...before].every(([title, picture]) => now.has(title) && now.get(title) !== picture)) continue;
-      if (kind === "nm") {
-        const sums = checksums();
-        if (!Object.keys(sumsBefore).every((title) => title in sums && sums[title] !== sumsBefore[title])) continue;
-      }
       arrived = performance.now() - t0;
     }
     await frame();
     await frame();
-    return {timeout: false, ms: performance.now() - t0, arrived_ms: arrived, plots: before.size};
+    const ms = performance.now() - t0;
+    // Checked after the clock stops: summing 4 x 130,000 pixels per frame took about 50 ms of the
+    // page's main thread, which is the instrument's cost, not the dashboard's.
+    let unchanged = [];
+    if (kind === "nm") {
+      const sums = checksums();
+      unchanged = Object.keys(sumsBefore).filter((title) => !(title in sums) || sums[title] === sumsBefore[title]);
+    }
+    return {timeout: false, ms, arrived_ms: arrived, plots: before.size, unchanged};
   })().then((result) => { window.__benchStep = result; });
 }"""
 )
 STEP_RESULT_JS = "() => window.__benchStep"
 
 
+# Counts the websocket payload in the page itself. Playwright's ``framereceived`` would hand every
+# frame to this Python process base64-encoded: decoding 2 MB per step there took CPU and the GIL
+# from the Panel server in the same process, on a 2-core machine (py-spy, RESULTS-dashboard.md).
+WEBSOCKET_COUNTER_JS = """
+(() => {
+  const Native = window.WebSocket;
+  const encoder = new TextEncoder();
+  window.__ws = {bytes: 0, frames: 0, last: performance.now()};
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("message", (event) => {
+        const data = event.data;
+        window.__ws.bytes += typeof data === "string" ? encoder.encode(data).length : (data.byteLength ?? data.size);
+        window.__ws.frames += 1;
+        window.__ws.last = performance.now();
+      });
+    }
+  };
+})();
+"""
+
+
 class FrameCounter:
-    """Websocket payload bytes received by one page, and when the last frame came."""
+    """Websocket payload bytes and frames received by one page, and ms since the last frame."""
 
-    def __init__(self):
-        self.received = 0
-        self.frames = 0
-        self.last = time.monotonic()
+    def __init__(self, page):
+        self.page = page
 
-    def attach(self, ws) -> None:
-        ws.on("framereceived", self._on_frame)
+    def _read(self) -> dict:
+        return self.page.evaluate("() => ({...window.__ws, quiet: performance.now() - window.__ws.last})")
 
-    def _on_frame(self, payload) -> None:
-        self.received += len(payload) if isinstance(payload, bytes) else len(payload.encode())
-        self.frames += 1
-        self.last = time.monotonic()
+    @property
+    def received(self) -> int:
+        return self._read()["bytes"]
+
+    @property
+    def frames(self) -> int:
+        return self._read()["frames"]
+
+    @property
+    def quiet_s(self) -> float:
+        return self._read()["quiet"] / 1e3
 
 
 @dataclass
@@ -518,8 +582,8 @@ def open_page(browser, url: str, kind: str, n_plots: int, timeout_s: float) -> P
     """Open ``url`` in a fresh context and wait until its ``n_plots`` plots are drawn and idle."""
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
-    counter, errors = FrameCounter(), []
-    page.on("websocket", counter.attach)
+    page.add_init_script(WEBSOCKET_COUNTER_JS)
+    counter, errors = FrameCounter(page), []
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     start = time.monotonic()
@@ -543,8 +607,8 @@ def settle(page: Page, server_done, timeout_s: float, quiet_s: float = 0.3) -> N
     """Wait until the server has finished, no frame arrived for ``quiet_s`` and the document is idle."""
     deadline = time.monotonic() + timeout_s
     while True:
-        page.page.wait_for_timeout(50)  # also lets Playwright deliver the websocket events
-        if server_done() and time.monotonic() - page.counter.last >= quiet_s and page.page.evaluate(DOCUMENT_IDLE):
+        page.page.wait_for_timeout(50)
+        if server_done() and page.counter.quiet_s >= quiet_s and page.page.evaluate(DOCUMENT_IDLE):
             return
         if time.monotonic() > deadline:
             raise StepTimeout(f"the page did not settle within {timeout_s:.0f} s")
@@ -573,6 +637,9 @@ def run_steps(page: Page, log: ServerLog, kind: str, n_steps: int, position: lis
             raise StepTimeout(f"step {i + 1}: the pictures were not painted within {timeout_s:.0f} s") from None
         if result["timeout"]:
             raise StepTimeout(f"step {i + 1}: the pictures did not change within {timeout_s:.0f} s")
+        if result.get("unchanged"):
+            raise RuntimeError(f"step {i + 1}: new image arrays arrived but the pictures of "
+                               f"{', '.join(result['unchanged'])} are the same as before")
         position[0] += position[1]
         settle(page, lambda m=mark: len(log.handled) > m[1], timeout_s)
         step = {"ms": result["ms"], "arrived_ms": result["arrived_ms"], "bytes": page.counter.received - received,
@@ -657,6 +724,7 @@ def summarize(steps: list[dict]) -> dict:
         "p50_ms": pct("ms", 50), "p95_ms": pct("ms", 95), "arrived_p50_ms": pct("arrived_ms", 50),
         "server_p50_ms": pct("server_ms", 50), "work_p50_ms": pct("work_ms", 50), "push_p50_ms": pct("push_ms", 50),
         "mb_per_step": statistics.median([s["bytes"] for s in steps]) / MB if steps else None,
+        "ahead_steps": sum(1 for s in steps if s.get("ahead")),
         "raw": steps,
     }
 
@@ -692,9 +760,19 @@ def bench_neuromapper(browser, run_path: Path, values: np.ndarray, args) -> dict
             viewer = viewers[-1]
             out["load_s"] = page.load_s
             position = [0, 1]
-            steps = run_steps(page, viewer.bench_log, "nm", args.steps, position, args.step_timeout,
-                              progress=f"NeuroMapper {n:,}")
-            out["none"] = summarize(steps)
+
+            def steps_both_ways(case: str, label: str) -> None:
+                """Steps as shipped (pictures rendered ahead), then cold (every step renders)."""
+                steps = run_steps(page, viewer.bench_log, "nm", args.steps, position, args.step_timeout,
+                                  progress=f"NeuroMapper {n:,}{label}")
+                out[case] = summarize(steps)
+                viewer.bench_ahead, viewer._ahead = False, None
+                steps = run_steps(page, viewer.bench_log, "nm", args.steps, position, args.step_timeout,
+                                  progress=f"NeuroMapper {n:,}{label}, cold")
+                out[f"{case} cold"] = summarize(steps)
+                viewer.bench_ahead = True
+
+            steps_both_ways("none", "")
             e = position[0]
             box = selection_box(values[e, 0, :, 0], values[e, 0, :, 1])
             mark = viewer.bench_log.mark()
@@ -702,9 +780,8 @@ def bench_neuromapper(browser, run_path: Path, values: np.ndarray, args) -> dict
             settle(page, lambda: viewer.selection is not None and len(viewer.bench_log.push) > mark[2],
                    args.step_timeout)
             selected = len(viewer.selection)
-            steps = run_steps(page, viewer.bench_log, "nm", args.steps, position, args.step_timeout,
-                              progress=f"NeuroMapper {n:,} + selection")
-            out["selection"] = {**summarize(steps), "selected": selected, "box": box, "selected_at_epoch": e}
+            steps_both_ways("selection", " + selection")
+            out["selection"].update(selected=selected, box=box, selected_at_epoch=e)
             out["errors"] = list(page.errors)
         finally:
             page.close()
@@ -899,10 +976,10 @@ def report(r: dict) -> None:
     print(f"{r['layers']} layers x {r['epochs']} epochs x {r['classes']} classes; {r['steps']} measured steps per "
           f"row after {WARMUP_STEPS} warm-up steps; selection = {r['select_fraction']:.0%} of the points (box in layer0)")
     print("step = click on the player -> all 4 layer pictures changed and painted (ms, in the page); "
-          "server = value received -> handled (ms);\n"
+          "cold = the same with nothing rendered ahead; server = value received -> handled (ms);\n"
           "MB = websocket payload per step (10^6 bytes); session MB = server RSS gained by one more session; "
           f"speed-up = {ref_name} p50 / NeuroMapper p50\n")
-    header = (f"{'points/layer':>12} | {'selection':<9} | {'p50 ms':>7} | {'p95 ms':>7} | {'server ms':>9} | "
+    header = (f"{'points/layer':>12} | {'selection':<9} | {'p50 ms':>7} | {'p95 ms':>7} | {'cold p50':>8} | {'server ms':>9} | "
               f"{'MB/step':>7} | {'session MB':>10} | {ref_name + ' p50':>10} | {ref_name + ' MB':>8} | {'speed-up':>8}")
     print(header)
     print("-" * len(header))
@@ -929,13 +1006,15 @@ def report(r: dict) -> None:
                     notes.append(f"* {ref_name} scatter at {n:,} ({label} selection): only {ref['steps']} steps within the "
                                  "time budget")
             session = nm["session"]["rss_mb"]
-            print(f"{n:>12,} | {label:<9} | {s['p50_ms']:7.0f} | {s['p95_ms']:7.0f} | {_fmt(s['server_p50_ms'], '9.0f'):>9} | "
+            cold = nm.get(f"{case} cold", {}).get("p50_ms")
+            print(f"{n:>12,} | {label:<9} | {s['p50_ms']:7.0f} | {s['p95_ms']:7.0f} | {_fmt(cold, '8.0f')} | "
+                  f"{_fmt(s['server_p50_ms'], '9.0f'):>9} | "
                   f"{s['mb_per_step']:7.2f} | {session:10.0f} | {ref_p50:>10} | {ref_mb:>8} | {speed:>8}")
     for note in dict.fromkeys(notes):
         print(f"  {note}")
 
     print("\nDetails (p50 over the measured steps)")
-    print(f"  {'points/layer':>12} {'app':<28} {'selection':<9} {'load s':>7} {'data in':>8} {'painted':>8} "
+    print(f"  {'points/layer':>12} {'app':<28} {'selection':<14} {'load s':>7} {'data in':>8} {'painted':>8} "
           f"{'server':>7} {'handling':>8} {'render+push':>11} {'session MB (traced)':>20}")
     for key, entry in r["sizes"].items():
         if "skipped" in entry:
@@ -948,17 +1027,18 @@ def report(r: dict) -> None:
             if "none" not in a:
                 print(f"  {int(key):>12,} {app:<28} {'':<9} {a.get('error', 'no result')}")
                 continue
-            for case in ("none", "selection"):
+            for case in ("none", "none cold", "selection", "selection cold"):
                 s = a.get(case)
                 if s is None:
                     continue
                 sess = a.get("session", {})
                 memory = (f"{sess['rss_mb']:.0f} ({sess['traced_mb']:.0f})" if "rss_mb" in sess
                           else sess.get("error", "-")[:20])
-                print(f"  {int(key):>12,} {app:<28} {case:<9} {a['load_s']:7.1f} {_fmt(s['arrived_p50_ms'], '8.0f')} "
+                print(f"  {int(key):>12,} {app:<28} {case:<14} {a['load_s']:7.1f} {_fmt(s['arrived_p50_ms'], '8.0f')} "
                       f"{s['p50_ms']:8.0f} {_fmt(s['server_p50_ms'], '7.0f')} {_fmt(s['work_p50_ms'], '8.0f')} "
                       f"{_fmt(s['push_p50_ms'], '11.0f')} {memory:>20}   ({s['steps']} steps, "
-                      f"{s['mb_per_step']:.2f} MB/step)")
+                      f"{s['mb_per_step']:.2f} MB/step" + (f", {s['ahead_steps']} rendered ahead)" if app_key ==
+                                                          "neuromapper" else ")"))
             if a.get("error"):
                 print(f"  {'':>12} {'':<28} stopped: {a['error']}")
             if a.get("errors"):
@@ -970,6 +1050,8 @@ def report(r: dict) -> None:
             print(f"  {int(key):>12,} opening the run and reading label, prediction, loss: {text}")
     print("  data in = click -> new pictures in the page; painted = two frames later; handling = server work"
           " alone (the reference player's 50 ms debounce left out); render+push = NeuroMapper._push_images (reference: its source update)")
+    print("  cold = the same steps with nothing rendered ahead: every step renders its four pictures (as a jump to"
+          " a far epoch, or a step against the player's direction, does)")
 
     print("\nThe bar of the dashboard issue")
     for c in r["bar"]:
