@@ -353,7 +353,7 @@ class NeuroMapper(pn.viewable.Viewer):
             self._ahead = None
             return
         ahead = dataclasses.replace(state, epoch_index=upcoming)
-        frames = {layer: self._frames.get(layer) or self._frame(layer, None, None) for layer in self.layers}
+        frames = {layer: self._shown_frame(layer) for layer in self.layers}
         scene, selected = self.scene, self.selected_mask()
 
         def render():
@@ -430,6 +430,10 @@ class NeuroMapper(pn.viewable.Viewer):
             return self.scene.default_frame(layer, plots.LAYER_SIZE, plots.LAYER_SIZE)
         return raster.Frame(tuple(map(float, x_range)), tuple(map(float, y_range)), plots.LAYER_SIZE, plots.LAYER_SIZE)
 
+    def _shown_frame(self, layer: str) -> raster.Frame:
+        """The region ``layer`` shows now: its last zoom, or the whole embedding."""
+        return self._frames.get(layer) or self._frame(layer, None, None)
+
     def layer_image(self, layer: str, x_range=None, y_range=None) -> tuple[raster.Frame, np.ndarray]:
         """The current RGBA picture of ``layer`` (rendering every shown layer if the state changed)."""
         frame = self._frame(layer, x_range, y_range)
@@ -441,7 +445,7 @@ class NeuroMapper(pn.viewable.Viewer):
                 self._rendered_key, self._rendered = key, self._take_ahead(key)
             if layer not in self._rendered or self._rendered[layer][0] != frame:
                 todo = {
-                    name: self._frames.get(name) or self._frame(name, None, None)
+                    name: self._shown_frame(name)
                     for name in self.layers + [layer]
                     if name not in self._rendered or self._rendered[name][0] != self._frames.get(name)
                 }
@@ -549,7 +553,7 @@ class NeuroMapper(pn.viewable.Viewer):
     def _hover_at(self, layer: str, x, y) -> None:
         if x is None or y is None or self.scene is None or layer not in self.scene.layers:
             return
-        frame = self._frames.get(layer) or self._frame(layer, None, None)
+        frame = self._shown_frame(layer)
         radius = (
             HOVER_RADIUS_PX * (frame.x_range[1] - frame.x_range[0]) / frame.width,
             HOVER_RADIUS_PX * (frame.y_range[1] - frame.y_range[0]) / frame.height,

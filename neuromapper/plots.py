@@ -14,8 +14,8 @@ LAYER_SIZE = 360
 TOOLS = ["box_select", "lasso_select", "wheel_zoom", "pan", "reset"]
 # HoloViews asks Bokeh for WebGL by default. These plots draw pre-shaded images and a few lines,
 # which Bokeh paints on the 2-D canvas anyway; WebGL only adds a read-back of its own canvas into
-# the 2-D one on every repaint, which is most of a player step where WebGL is software-rendered
-# (headless browsers, machines without a GPU): measured in benchmarks/RESULTS-dashboard.md.
+# the 2-D one on every repaint: over 100 ms of a player step where WebGL is software-rendered
+# (headless browsers, machines without a GPU), measured in benchmarks/RESULTS-dashboard.md.
 CANVAS = {"plot.output_backend": "canvas"}
 
 
@@ -75,7 +75,7 @@ def marker(x: float | None, y: float | None) -> hv.Points:
 
 
 def training_curves(epochs: list[int], series: dict[str, np.ndarray], marker: hv.VLine | None = None) -> hv.Overlay:
-    """Loss and accuracy per epoch; accuracies on [0, 1], losses on a second axis.
+    """Loss and accuracy per epoch, losses on the left y-axis, accuracies on a second one.
 
     ``marker`` (the current epoch) is composed here because an overlay made with ``*`` afterwards
     is a new overlay without these options.
