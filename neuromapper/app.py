@@ -72,9 +72,8 @@ class EpochPlayer(pn.widgets.DiscretePlayer):
     Panel runs such an undebounced change without the document lock unless its coroutine is
     marked ``with_lock``; the step's watchers change Bokeh models directly (the images, the
     curve marker), which Bokeh allows only under that lock. A step also does not flip the page's
-    busy indicator on and off: for a change this short that costs more server time than pushing
-    the four new pictures (two more document patches; measured with py-spy in
-    ``benchmarks/RESULTS-dashboard.md``).
+    busy indicator on and off: for a change this short that cost more server time than pushing
+    the four new pictures (py-spy profile, summarised in ``benchmarks/RESULTS-dashboard.md``).
     """
 
     _priority_changes = ["value"]
