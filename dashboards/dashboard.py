@@ -2,7 +2,8 @@
 
     panel serve --rest-session-info --session-history -1 dashboards/dashboard.py --show --args data/demo
 
-Each browser session runs this script and gets its own viewer (its own state). The file is not
+Each browser session runs this script and gets its own app (its own state), released when the
+session closes. The argument is a run, or a folder of runs (a chooser appears). The file is not
 called ``neuromapper.py``: ``panel serve`` (and a notebook kernel started here) put this folder
 first on ``sys.path``, where a ``neuromapper.py`` would shadow the ``neuromapper`` package.
 """
@@ -11,9 +12,8 @@ import sys
 
 import panel as pn
 
-from neuromapper.app import NeuroMapper
+from neuromapper.views.shell import serve_app
 
 pn.extension(notifications=True)
 
-run = sys.argv[1] if len(sys.argv) > 1 else "data/demo"
-NeuroMapper(run).template().servable()
+serve_app(sys.argv[1] if len(sys.argv) > 1 else "data/demo").servable()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import io
+import zlib
 
 import holoviews as hv
 import numpy as np
@@ -36,12 +37,18 @@ def rgba_source_data(rgba: np.ndarray, frame: Frame) -> dict:
     return {"image": [packed], "x": [x0], "y": [y0], "dw": [x1 - x0], "dh": [y1 - y0]}
 
 
-def layer_options(title: str, x_range, y_range, size: int = LAYER_SIZE) -> dict:
-    """Plot options shared by the layer views: fixed axes per layer, selection tools."""
+def layer_options(title: str, x_range, y_range) -> dict:
+    """Plot options shared by the layer views: square, as wide as the page gives, fixed axes.
+
+    The plots scale with the window (four layers in one row from about 1,400 px); the raster
+    behind them keeps its resolution and Bokeh scales the image.
+    """
     return dict(
         title=title,
-        width=size,
-        height=size,
+        responsive=True,
+        aspect=1,
+        min_width=200,
+        min_height=200,
         xlim=tuple(x_range),
         ylim=tuple(y_range),
         framewise=False,
@@ -74,20 +81,33 @@ def marker(x: float | None, y: float | None) -> hv.Points:
     )
 
 
-def training_curves(epochs: list[int], series: dict[str, np.ndarray], marker: hv.VLine | None = None) -> hv.Overlay:
+SERIES_COLORS = {"probe accuracy": "#4c78a8", "probe loss": "#e45756", "train_loss": "#f58518",
+                 "val_acc": "#54a24b", "val_loss": "#b279a2"}
+_OTHER_COLORS = ("#72b7b2", "#eeca3b", "#9d755d", "#bab0ac", "#ff9da6", "#4c78a8", "#f58518", "#54a24b")
+
+
+def series_color(name: str) -> str:
+    """A colour per series *name*, the same in every run (not per position in the legend)."""
+    if name in SERIES_COLORS:
+        return SERIES_COLORS[name]
+    return _OTHER_COLORS[zlib.crc32(name.encode()) % len(_OTHER_COLORS)]
+
+
+def training_curves(epochs: list[int], series: dict[str, np.ndarray], marker: hv.VLine | None = None,
+                    height: int = 220) -> hv.Overlay:
     """Loss and accuracy per epoch, losses on the left y-axis, accuracies on a second one.
 
     ``marker`` (the current epoch) is composed here because an overlay made with ``*`` afterwards
-    is a new overlay without these options.
+    is a new overlay without these options. Series names are data: HoloViews escapes labels.
     """
     curves = []
     for name, values in series.items():
         dim = "loss" if "loss" in name else "accuracy"
         curves.append(hv.Curve((epochs, values), "epoch", hv.Dimension(dim), label=name).opts(
-            tools=["hover"], line_width=2))
+            tools=["hover", "tap"], line_width=2, color=series_color(name)))
     return hv.Overlay(curves + ([] if marker is None else [marker])).opts(
-        multi_y=True, legend_position="right", height=170, responsive=True, show_grid=True, backend_opts=CANVAS,
-        title="training curves (probe accuracy from the recorded predictions)",
+        multi_y=True, legend_position="right", height=height, responsive=True, show_grid=True, backend_opts=CANVAS,
+        title="training curves (click to jump to an epoch; probe accuracy from the recorded predictions)",
     )
 
 
@@ -107,6 +127,17 @@ def legend_html(legend: dict[str, str], counts: dict[str, int] | None = None) ->
             f"background:{color};margin-right:4px;vertical-align:-1px'></span>{html.escape(name)}{count}</span>"
         )
     return "<div class='nm-legend'>" + " ".join(items) + "</div>"
+
+
+def colorbar_html(title: str, span: tuple[float, float] | None, colors: tuple[str, ...] = (
+        "#440154", "#3b528b", "#21918c", "#5ec962", "#fde725")) -> str:
+    """A horizontal colour bar (viridis by default) from ``span[0]`` to ``span[1]`` with a title."""
+    lo, hi = span if span is not None else (0.0, 1.0)
+    gradient = ", ".join(colors)
+    return (f"<div class='nm-colorbar' style='font-size:12px;display:flex;align-items:center;gap:6px'>"
+            f"<span>{html.escape(title)}</span><span>{lo:.2g}</span>"
+            f"<span style='display:inline-block;width:160px;height:11px;border-radius:2px;"
+            f"background:linear-gradient(to right, {gradient})'></span><span>{hi:.2g}</span></div>")
 
 
 def thumbnail_png(image: np.ndarray, scale: int = 4) -> bytes:

@@ -272,3 +272,50 @@ def spread(rgba: np.ndarray, px: int | None = None) -> np.ndarray:
     out = np.ascontiguousarray(rgba).copy()
     _dilate(np.ascontiguousarray(rgba), offsets, out)
     return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _draw_segments(x0s, y0s, x1s, y1s, rgb, alpha, x0, sx, y0, sy, width, height, out):
+    for i in range(x0s.shape[0]):
+        ax, ay, bx, by = x0s[i], y0s[i], x1s[i], y1s[i]
+        if not (ax == ax and ay == ay and bx == bx and by == by):
+            continue
+        # pixel coordinates (row 0 at the top), unclipped: segments may cross the frame's edge
+        pc0, pr0 = (ax - x0) * sx, height - 1 - (ay - y0) * sy
+        pc1, pr1 = (bx - x0) * sx, height - 1 - (by - y0) * sy
+        steps = int(max(abs(pc1 - pc0), abs(pr1 - pr0))) + 1
+        if steps > 4 * (width + height):  # a segment far outside the frame: nothing to see
+            continue
+        a = alpha[i] / 255.0
+        for s in range(steps + 1):
+            t = s / steps
+            col = int(pc0 + (pc1 - pc0) * t)
+            row = int(pr0 + (pr1 - pr0) * t)
+            for dc in range(2):  # two pixels wide: a one-pixel line vanishes among the points
+                cc = col + dc
+                if 0 <= row < height and 0 <= cc < width:
+                    under = out[row, cc, 3] / 255.0
+                    out_a = a + under * (1.0 - a)
+                    for k in range(3):
+                        out[row, cc, k] = np.uint8((rgb[i, k] * a + out[row, cc, k] * under * (1.0 - a)) / out_a + 0.5)
+                    out[row, cc, 3] = np.uint8(out_a * 255.0 + 0.5)
+
+
+def draw_segments(rgba: np.ndarray, start: np.ndarray, end: np.ndarray, rgb: np.ndarray, alpha: np.ndarray,
+                  frame: Frame) -> np.ndarray:
+    """Draw straight segments ``start[i] -> end[i]`` (``(n, 2)`` data coordinates) over ``rgba``.
+
+    Each segment has its own colour (``rgb``, ``(n, 3)`` 0-255) and opacity (``alpha``, 0-255),
+    composited "over" in order, so later segments lie on top. Written here because trajectories
+    are drawn into the layer picture the scene already rendered, in the same frame, with an
+    opacity per segment (older steps fade): datashader's ``Canvas.line`` aggregates counts from a
+    DataFrame and would need its own shading pass per player step. Returns a new array.
+    """
+    out = np.ascontiguousarray(rgba).copy()
+    n = len(start)
+    if n:
+        _draw_segments(np.ascontiguousarray(start[:, 0], dtype=np.float64), np.ascontiguousarray(start[:, 1], dtype=np.float64),
+                       np.ascontiguousarray(end[:, 0], dtype=np.float64), np.ascontiguousarray(end[:, 1], dtype=np.float64),
+                       np.ascontiguousarray(rgb, dtype=np.float64), np.ascontiguousarray(alpha, dtype=np.float64),
+                       *frame.transform(), out)
+    return out

@@ -12,6 +12,7 @@ costs its coordinates (8 bytes per point, layer and epoch) and not more.
 from __future__ import annotations
 
 import functools
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -20,23 +21,35 @@ import xarray as xr
 
 from . import raster
 
-COLOR_BY = ("true class", "predicted class", "correct / incorrect", "per-sample loss")
-SHOW = ("all", "misclassified", "flipped")  # flipped: became right (learned) or wrong (forgotten) since the previous epoch
+COLOR_BY = ("true class", "predicted class", "correct / incorrect", "learned / forgotten", "per-sample loss")
+# flipped: became right (learned) or wrong (forgotten) since the previous epoch. A filter only: the
+# colours stay what "colour by" says (colour by "learned / forgotten" to see which way it flipped).
+SHOW = ("all", "misclassified", "flipped")
 CORRECTNESS_COLORS = {"correct": "#4c78a8", "incorrect": "#e45756"}
 FLIP_COLORS = {"learned": "#54a24b", "forgotten": "#e45756"}
+UNCHANGED_COLOR = "#c8c8c8"
 UNSELECTED_COLOR = "#b4b4b4"
 UNSELECTED_ALPHA = 0.45
 
 
+CATEGORY10 = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+              "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
 def class_palette(names: list[str]) -> dict[str, str]:
-    """A fixed colour per class name (Category10, or glasbey beyond ten classes)."""
-    if len(names) <= 10:
-        colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-                  "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+    """A fixed colour per class name, as ``#rrggbb``: Category10, glasbey beyond ten classes.
+
+    glasbey's 256 colours are as distinct as colours get; past 256 classes they repeat (no
+    palette keeps a thousand classes apart by colour alone: hide classes to tell them apart).
+    ``colorcet.palette`` holds hex strings; ``colorcet.glasbey_category10`` itself holds RGB
+    float triples in current colorcet, which is why the hex table is read here.
+    """
+    if len(names) <= len(CATEGORY10):
+        colors = list(CATEGORY10)
     else:
         import colorcet
 
-        colors = list(colorcet.glasbey_category10)
+        colors = list(colorcet.palette["glasbey_category10"])
     return {name: colors[i % len(colors)] for i, name in enumerate(names)}
 
 
@@ -53,7 +66,7 @@ class ViewState:
 
 @dataclass
 class Coloring:
-    """Per-point category codes (-1 = not drawn) with one colour per code, or values to map."""
+    """Per-point category codes (int16, -1 = not drawn) with one colour per code, or values to map."""
 
     codes: np.ndarray
     colors: np.ndarray
@@ -135,6 +148,7 @@ class EmbeddingScene:
         }
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="neuromapper-raster")
         self._colorings: dict[ViewState, Coloring] = {}
+        self._centroids: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -180,25 +194,26 @@ class EmbeddingScene:
         e = state.epoch_index
         keep = self.visible(state)
         values = span = None
-        if state.show == SHOW[2]:
-            codes = np.where(self.flips(e) > 0, 0, 1).astype(np.int8)
-            legend = dict(FLIP_COLORS)
-        elif state.color_by == COLOR_BY[0]:
-            codes, legend = self.labels.astype(np.int8), dict(self.palette)
+        if state.color_by == COLOR_BY[0]:
+            codes, legend = self.labels, dict(self.palette)
         elif state.color_by == COLOR_BY[1]:
-            codes, legend = self.predictions[e].astype(np.int8), dict(self.palette)
+            codes, legend = self.predictions[e], dict(self.palette)
         elif state.color_by == COLOR_BY[2]:
-            codes = (~self.correct[e]).astype(np.int8)
+            codes = (~self.correct[e]).astype(np.int16)
             legend = dict(CORRECTNESS_COLORS)
         elif state.color_by == COLOR_BY[3]:
-            codes = np.zeros(len(self), dtype=np.int8)
+            flips = self.flips(e)
+            codes = np.where(flips > 0, 0, np.where(flips < 0, 1, 2)).astype(np.int16)
+            legend = {**FLIP_COLORS, "unchanged": UNCHANGED_COLOR}
+        elif state.color_by == COLOR_BY[4]:
+            codes = np.zeros(len(self), dtype=np.int16)
             legend = {"low loss": "#440154", "high loss": "#fde725"}
             with np.errstate(divide="ignore"):
                 values = np.log10(np.maximum(self.loss[e], 1e-12)).astype(np.float32)
             span = self.loss_span
         else:
             raise ValueError(f"color_by: expected one of {COLOR_BY}, got {state.color_by!r}")
-        codes = np.where(keep, codes, -1).astype(np.int8)
+        codes = np.where(keep, codes, -1).astype(np.int16)
         colors = raster.hex_to_rgb(list(legend.values()))
         counts = np.bincount(codes.astype(np.intp) + 1, minlength=len(legend) + 1)[1:]
         return Coloring(codes, colors, legend, values=values, span=span, counts=counts)
@@ -262,22 +277,79 @@ class EmbeddingScene:
         points = np.column_stack([self.xs[layer][epoch_index][candidates], self.ys[layer][epoch_index][candidates]])
         return candidates[Path(polygon).contains_points(points)]
 
-    def centroid_paths(self, layer: str, upto: int, keep: np.ndarray) -> dict[str, np.ndarray]:
-        """Per class, the median position of its drawn samples at epochs ``0..upto``: ``(k, 2)``."""
-        xs, ys = self.xs[layer][: upto + 1], self.ys[layer][: upto + 1]
-        paths = {}
-        for i, name in enumerate(self.class_names):
-            members = np.flatnonzero((self.labels == i) & keep)
-            if members.size:
-                paths[name] = np.column_stack(
-                    [np.nanmedian(xs[:, members], axis=1), np.nanmedian(ys[:, members], axis=1)]
-                )
-        return paths
+    def centroids(self, layer: str) -> np.ndarray:
+        """Median position of each class's samples at every epoch: ``(epoch, class, 2)``, cached.
 
-    def sample_paths(self, layer: str, upto: int, members: np.ndarray) -> list[np.ndarray]:
-        """Each member's positions at epochs ``0..upto``: a list of ``(k, 2)`` arrays."""
-        xs, ys = self.xs[layer][: upto + 1, members], self.ys[layer][: upto + 1, members]
-        return [np.column_stack([xs[:, j], ys[:, j]]) for j in range(len(members))]
+        Computed once per layer (one sort per class and epoch) so that drawing centroid paths on
+        a player step is a slice, not a median over every member again.
+        """
+        cached = self._centroids.get(layer)
+        if cached is None:
+            xs, ys = self.xs[layer], self.ys[layer]
+            cached = np.full((len(self.epochs), len(self.class_names), 2), np.nan, dtype=np.float32)
+            order = np.argsort(self.labels, kind="stable")
+            bounds = np.searchsorted(self.labels[order], np.arange(len(self.class_names) + 1))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a class with no placed sample at an epoch
+                for c in range(len(self.class_names)):
+                    members = order[bounds[c]:bounds[c + 1]]
+                    if members.size:
+                        cached[:, c, 0] = np.nanmedian(xs[:, members], axis=1)
+                        cached[:, c, 1] = np.nanmedian(ys[:, members], axis=1)
+            self._centroids[layer] = cached
+        return cached
+
+    def sample_paths(self, layer: str, upto: int, members: np.ndarray) -> np.ndarray:
+        """Each member's positions at epochs ``0..upto``: ``(upto + 1, len(members), 2)``."""
+        return np.stack([self.xs[layer][: upto + 1, members], self.ys[layer][: upto + 1, members]], axis=-1)
+
+    def draw_paths(self, rgba: np.ndarray, frame: raster.Frame, paths: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+        """Draw ``paths`` (``(steps, n, 2)``, oldest first) over a rendered picture, fading with age.
+
+        Each path is one segment per epoch step; the newest step is opaque and older steps fade,
+        so where a sample or class came from reads at a glance without hiding the points.
+        """
+        steps = paths.shape[0] - 1
+        if steps < 1 or paths.shape[1] == 0:
+            return rgba
+        start = paths[:-1].reshape(-1, 2)
+        end = paths[1:].reshape(-1, 2)
+        age = np.repeat(np.arange(steps, 0, -1), paths.shape[1])  # 1 = the newest step
+        alpha = np.clip(255 * (1.0 - (age - 1) / (steps + 1)), 50, 255)
+        return raster.draw_segments(rgba, start, end, np.tile(rgb, (steps, 1)), alpha, frame)
+
+
+def scene_for(run: xr.Dataset, embedding: xr.DataArray) -> tuple[EmbeddingScene, np.ndarray]:
+    """The scene of ``embedding`` joined with the run's labels, predictions and loss.
+
+    Returns the scene and each embedded sample's position in the run. The one place where a run
+    and an embedding meet (the dashboard and the export both draw through it).
+
+    Raises
+    ------
+    ValueError
+        When the embedding holds samples or epochs that the run does not.
+    """
+    import pandas as pd
+
+    position = pd.Index(np.asarray(run["sample"].values)).get_indexer(embedding["sample"].values)
+    if (position < 0).any():
+        raise ValueError("embedding: its samples are not all in this run (was it computed for another run?)")
+    run_epochs = pd.Index([int(e) for e in run["epoch"].values])
+    epoch_index = run_epochs.get_indexer([int(e) for e in embedding["epoch"].values])
+    if (epoch_index < 0).any():
+        missing = [int(e) for e, i in zip(embedding["epoch"].values, epoch_index) if i < 0]
+        raise ValueError(f"embedding: epochs {missing} are not recorded in this run (recorded: {list(run_epochs)})")
+    predictions = np.asarray(run["prediction"].values)
+    loss = np.asarray(run["loss"].values)
+    scene = EmbeddingScene(
+        embedding,
+        labels=np.asarray(run["label"].values)[position],
+        predictions=predictions[np.ix_(epoch_index, position)],
+        loss=loss[np.ix_(epoch_index, position)],
+        class_names=[str(c) for c in run["class"].values],
+    )
+    return scene, position
 
 
 @functools.lru_cache(maxsize=1)

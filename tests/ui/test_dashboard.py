@@ -1,8 +1,8 @@
 """The dashboard in a real browser: Debian's chromium driven by Playwright.
 
-Each test serves a fresh app factory (one viewer per browser session, as ``panel serve`` does),
-keeps the server-side viewers it created so that browser actions can be checked against the
-Python state, and writes a screenshot to ``test-artifacts/``.
+Each test serves a fresh app factory (one app per browser session, as ``panel serve`` does),
+keeps the server-side apps it created so that browser actions can be checked against their
+shared state, and writes a screenshot to ``test-artifacts/``.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import panel as pn
 import pytest
 from PIL import Image
 
-from neuromapper.app import NeuroMapper
 from neuromapper.scene import class_palette
+from neuromapper.views.shell import App, _session_dispatch
 
 from .conftest import DOCUMENT_IDLE, IMAGE_CHECKSUMS, screenshot, wait_until
 
@@ -23,15 +24,16 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture
 def dashboard(serve, reduced_run):
-    """Serve the dashboard for the reduced test run; returns (url, viewers created so far)."""
-    viewers: list[NeuroMapper] = []
+    """Serve the dashboard for the reduced test run; returns (url, apps created so far)."""
+    apps: list[App] = []
 
     def factory():
-        viewer = NeuroMapper(reduced_run)
-        viewers.append(viewer)
-        return viewer.template()
+        app = App(reduced_run, dispatch=_session_dispatch())
+        pn.state.on_session_destroyed(lambda _context: app.dispose())
+        apps.append(app)
+        return app.template()
 
-    return serve(factory), viewers
+    return serve(factory), apps
 
 
 SPAN_LOCATIONS = """
@@ -43,7 +45,17 @@ def open_dashboard(page, url):
     page.goto(url, timeout=120_000)  # a session's first page builds the viewer: slow on a busy 2-core CI box
     page.wait_for_function(DOCUMENT_IDLE, timeout=60_000)
     wait_until(lambda: len(page.evaluate(IMAGE_CHECKSUMS)) >= 1, message="layer images")
-    return page.evaluate(IMAGE_CHECKSUMS)
+    # the first pictures are redrawn once the plots report their size on screen: wait until settled
+    previous = {}
+
+    def settled():
+        nonlocal previous
+        now = page.evaluate(IMAGE_CHECKSUMS)
+        same, previous = now == previous and page.evaluate(DOCUMENT_IDLE), now
+        return same
+
+    wait_until(settled, interval=0.5, message="the layer pictures to settle")
+    return previous
 
 
 def layer_box(page, index: int):
@@ -54,9 +66,9 @@ def layer_box(page, index: int):
 
 
 def test_page_loads_with_one_plot_per_layer(page, console_errors, dashboard):
-    url, viewers = dashboard
+    url, apps = dashboard
     checksums = open_dashboard(page, url)
-    assert sorted(checksums) == sorted(viewers[0].layers) == ["conv1", "conv2", "fc1", "fc2"]
+    assert sorted(checksums) == sorted(apps[0].embeddings.painter.layers) == ["conv1", "conv2", "fc1", "fc2"]
     assert page.locator(".nm-layer").count() == 4
     assert "of 300 samples drawn at epoch 0" in page.locator(".nm-legend").locator("..").inner_text()
     screenshot(page, "dashboard-loaded")
@@ -66,14 +78,14 @@ def test_player_step_changes_every_layer(page, console_errors, dashboard):
     url, viewers = dashboard
     before = open_dashboard(page, url)
     page.locator("button.next").first.click()
-    wait_until(lambda: viewers[0].epoch == 1, message="the server to reach epoch 1")
+    wait_until(lambda: viewers[0].state.epoch == 1, message="the server to reach epoch 1")
     after = wait_until(
         lambda: (now := page.evaluate(IMAGE_CHECKSUMS)) and all(now[k] != before[k] for k in before) and now,
         message="every layer image to change",
     )
     assert set(after) == set(before)
     # the epoch line on the training curves moved too (a Bokeh Span changed by the step's watcher)
-    wait_until(lambda: page.evaluate(SPAN_LOCATIONS) == [1] * len(viewers[0]._markers), message="the epoch marker at 1")
+    wait_until(lambda: page.evaluate(SPAN_LOCATIONS) == [1] * len(viewers[0].embeddings._markers), message="the epoch marker at 1")
     screenshot(page, "dashboard-epoch-1")
 
 
@@ -81,9 +93,9 @@ def test_hiding_a_class_changes_the_picture(page, console_errors, dashboard):
     url, viewers = dashboard
     before = open_dashboard(page, url)
     page.get_by_role("button", name="3", exact=True).click()
-    wait_until(lambda: "3" not in viewers[0].classes, message="class 3 to be hidden on the server")
+    wait_until(lambda: "3" not in viewers[0].state.classes, message="class 3 to be hidden on the server")
     wait_until(lambda: page.evaluate(IMAGE_CHECKSUMS) != before, message="the images to change")
-    hidden = int((viewers[0].scene.labels == 3).sum())
+    hidden = int((viewers[0].state.scene.labels == 3).sum())
     drawn = f"{300 - hidden} of 300 samples drawn"
     wait_until(lambda: drawn in page.locator(".nm-legend").locator("..").inner_text(), message=drawn)
     screenshot(page, "dashboard-class-3-hidden")
@@ -99,7 +111,7 @@ def test_box_selection_in_one_layer_highlights_points_in_another(page, console_e
     page.mouse.down()
     page.mouse.move(x1, y1, steps=8)
     page.mouse.up()
-    viewer = viewers[0]
+    viewer = viewers[0].state
     wait_until(lambda: viewer.selection is not None and 0 < len(viewer.selection) < 300, message="a selection")
     after = wait_until(
         lambda: (now := page.evaluate(IMAGE_CHECKSUMS)) and now["conv1"] != before["conv1"] and now,
@@ -111,7 +123,7 @@ def test_box_selection_in_one_layer_highlights_points_in_another(page, console_e
     pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3).astype(int)
     greyish = (np.abs(pixels - pixels.mean(axis=1, keepdims=True)).max(axis=1) < 6) & (pixels.mean(axis=1) < 235)
     assert greyish.sum() > 20
-    frame = viewer.selected()
+    frame = viewers[0].embeddings.painter.selected()
     assert len(frame) == len(viewer.selection) and set(frame["sample"]) == set(viewer.selection)
     # the selection survives a player step
     page.locator("button.next").first.click()
@@ -154,19 +166,23 @@ def test_hover_shows_the_sample_label(page, console_errors, dashboard):
     x, y, rgb = _coloured_pixel(page, 3)
     page.mouse.move(x - 3, y)
     page.mouse.move(x, y, steps=3)
-    viewer = viewers[0]
-    wait_until(lambda: viewer.hovered is not None, message="the server to pick a hovered sample")
+    viewer = viewers[0].state
+    wait_until(lambda: viewer.focused is not None, message="the server to pick a hovered sample")
     card = page.locator(".nm-card").last
     wait_until(lambda: "true:" in card.inner_text(), message="the sample card")
     text = card.inner_text()
-    assert f"sample {viewer.hovered}" in text
-    index = int(np.flatnonzero(viewer.scene.samples == viewer.hovered)[0])
-    label = viewer.class_names[viewer.scene.labels[index]]
+    assert f"sample {viewer.focused}" in text
+    index = int(np.flatnonzero(viewer.scene.samples == viewer.focused)[0])
+    label = viewer.run.class_names[viewer.scene.labels[index]]
     assert f"true: {label}" in text
     # the hovered point's colour on screen is the colour of the label the card names: of all class
     # colours, blended over the white background at the best alpha, it is the nearest
-    assert _nearest_class_colour(rgb, class_palette(viewer.class_names)) == label
+    assert _nearest_class_colour(rgb, class_palette(viewer.run.class_names)) == label
     screenshot(page, "dashboard-hover")
+    # leaving the plot clears the card and the ring
+    page.mouse.move(5, 5)
+    wait_until(lambda: viewer.focused is None, message="the focus to clear when the pointer leaves")
+    wait_until(lambda: page.locator(".nm-card-empty").count() == 1, message="an empty card")
 
 
 def test_two_sessions_keep_separate_states(browser, console_errors, page, dashboard):
@@ -177,14 +193,14 @@ def test_two_sessions_keep_separate_states(browser, console_errors, page, dashbo
         second_before = open_dashboard(other, url)
         assert len(viewers) == 2
         page.get_by_role("button", name="none", exact=True).click()
-        wait_until(lambda: viewers[0].classes == [], message="session 1 to hide every class")
+        wait_until(lambda: viewers[0].state.classes == [], message="session 1 to hide every class")
         wait_until(lambda: page.evaluate(IMAGE_CHECKSUMS) != first, message="session 1 images to change")
         other.wait_for_timeout(500)
         assert other.evaluate(IMAGE_CHECKSUMS) == second_before
-        assert viewers[1].classes == viewers[1].class_names
+        assert viewers[1].state.classes == viewers[1].state.run.class_names
         other.locator("button.next").first.click()
-        wait_until(lambda: viewers[1].epoch == 1, message="session 2 to step")
-        assert viewers[0].epoch == 0
+        wait_until(lambda: viewers[1].state.epoch == 1, message="session 2 to step")
+        assert viewers[0].state.epoch == 0
     finally:
         other.close()
 
@@ -199,7 +215,7 @@ def test_neuromapper_serve_command(page, console_errors, reduced_run, tmp_path):
 
     bad = subprocess.run([sys.executable, "-m", "neuromapper.cli", "serve", str(tmp_path), "--no-show"],
                          capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "is not a NeuroMapper run" in bad.stderr
+    assert bad.returncode == 2 and "holds no NeuroMapper run" in bad.stderr
 
     port = free_port()
     with subprocess.Popen([sys.executable, "-m", "neuromapper.cli", "serve", str(reduced_run), "--port", str(port),

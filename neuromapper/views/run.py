@@ -1,0 +1,144 @@
+"""What the views read from a recorded run, opened once per run and version, shared by sessions.
+
+:class:`RunFacts` holds the lazily opened run and the small per-sample arrays every view needs
+(labels, predictions and loss per epoch, class names, metrics), read into memory once. A run
+that is still being recorded is opened again when it grows (:meth:`RunFacts.grown`): the old
+facts stay valid for the sessions still drawing from them, so a growing run never changes an
+array under a picture being rendered.
+
+:func:`find_runs` turns the path given to ``neuromapper serve`` into the runs it offers: the
+path itself when it is a run, else every run directly inside it (or one level deeper).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from ..store import RUN_FILE, RunError, json_attr, open_run, recorded_epochs, run_root
+
+_OPENED: dict[tuple[str, tuple[int, ...]], RunFacts] = {}
+_OPENED_LOCK = threading.Lock()
+
+
+@dataclass(eq=False)
+class RunFacts:
+    """A run opened for the views: the Dataset and its per-sample arrays in memory."""
+
+    root: Path
+    ds: xr.Dataset
+    epochs: list[int]
+    class_names: list[str]
+    labels: np.ndarray
+    samples: np.ndarray
+    predictions: np.ndarray  # (epoch, sample)
+    loss: np.ndarray  # (epoch, sample)
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path) -> RunFacts:
+        """The facts of the run at ``path`` as recorded now (shared with other sessions)."""
+        root = run_root(path).resolve()
+        key = (str(root), tuple(recorded_epochs(root)))
+        with _OPENED_LOCK:
+            facts = _OPENED.get(key)
+            if facts is None:
+                facts = _OPENED[key] = cls._read(root)
+                for old in [k for k in _OPENED if k[0] == key[0] and k != key]:
+                    del _OPENED[old]  # sessions on an older version keep their own reference
+            return facts
+
+    @classmethod
+    def _read(cls, root: Path) -> RunFacts:
+        ds = open_run(root)
+        metrics = {}
+        if "metric" in ds:
+            for name in ds["metric_name"].values:
+                values = np.asarray(ds["metric"].sel(metric_name=name).values, dtype=float)
+                if np.isfinite(values).any():
+                    metrics[str(name)] = values
+        return cls(
+            root=root,
+            ds=ds,
+            epochs=[int(e) for e in ds["epoch"].values],
+            class_names=[str(c) for c in ds["class"].values],
+            labels=np.asarray(ds["label"].values),
+            samples=np.asarray(ds["sample"].values),
+            predictions=np.asarray(ds["prediction"].values),
+            loss=np.asarray(ds["loss"].values, dtype=np.float32),
+            metrics=metrics,
+        )
+
+    def grown(self) -> RunFacts | None:
+        """The facts of this run as recorded now, when epochs were added since; else ``None``."""
+        if recorded_epochs(self.root) == self.epochs:
+            return None
+        return RunFacts.open(self.root)
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def model(self) -> dict:
+        return json_attr(self.ds, "model")
+
+    @property
+    def dataset(self) -> str:
+        return str(self.ds.attrs.get("dataset", "") or "")
+
+    @property
+    def images(self) -> xr.DataArray | None:
+        return self.ds["image"] if "image" in self.ds else None
+
+    def accuracy(self) -> np.ndarray:
+        """Probe accuracy per recorded epoch."""
+        return (self.predictions == self.labels[None, :]).mean(axis=1)
+
+    def curves(self) -> dict[str, np.ndarray]:
+        """Every per-epoch series worth plotting: recorded metrics, probe accuracy and loss."""
+        return {**self.metrics, "probe accuracy": self.accuracy(), "probe loss": np.nanmean(self.loss, axis=1)}
+
+
+@dataclass(frozen=True)
+class RunEntry:
+    """One run offered by the run chooser."""
+
+    path: Path
+    label: str
+
+
+def find_runs(path) -> list[RunEntry]:
+    """The runs at ``path``: the run itself, or the runs inside the folder (two levels at most).
+
+    Raises
+    ------
+    RunError
+        When ``path`` does not exist or holds no run.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise RunError(f"{root} does not exist (expected a NeuroMapper run, or a folder of runs)")
+    if (root / RUN_FILE).exists():
+        candidates = [root]
+    else:
+        candidates = sorted({p.parent for p in [*root.glob(f"*/{RUN_FILE}"), *root.glob(f"*/*/{RUN_FILE}")]})
+    entries = [RunEntry(p, _label(p, root)) for p in candidates]
+    if not entries:
+        raise RunError(f"{root} holds no NeuroMapper run (expected {RUN_FILE} in it or in its subfolders)")
+    return entries
+
+
+def _label(path: Path, root: Path) -> str:
+    """``name · model · N epochs · accuracy`` for the run chooser (plain text, escaped where shown)."""
+    name = str(path.relative_to(root)) if path != root else path.name
+    try:
+        facts = RunFacts.open(path)
+    except (RunError, OSError) as exc:
+        return f"{name} · cannot be opened: {exc}"[:300]
+    model = facts.model.get("class", "?").rsplit(".", 1)[-1]
+    return f"{name} · {model} · {len(facts.epochs)} epochs · {facts.accuracy()[-1]:.1%} final accuracy"

@@ -1,0 +1,208 @@
+"""The app shell: a template with one page per view, the run's card and the player on every page.
+
+:class:`App` owns one session: its :class:`~neuromapper.views.state.SessionState` and the views
+over it (for now: Embeddings). The sidebar holds what every page shares (the run chooser, the
+run's card, the live status, the epoch player and the class toggles) followed by the shown
+page's own controls. Choosing another run disposes the state and views of the old one and builds
+new ones, so nothing of the old run survives in the session.
+
+:func:`serve_app` is what ``neuromapper serve`` and ``dashboards/dashboard.py`` give each browser
+session: a fresh App whose background work reports to that session's event loop, released when
+the session closes (its reduce job left, and cancelled when nobody else waits; its watcher and
+render thread stopped).
+"""
+
+from __future__ import annotations
+
+import html
+from functools import partial
+from pathlib import Path
+
+import panel as pn
+import param
+from panel.io import with_lock
+
+from ..scene import class_palette
+from .embedding import EmbeddingView
+from .run import RunFacts, find_runs
+from .state import SessionState
+
+MANY_CLASSES = 20  # beyond this the class toggles become a searchable multi-select
+PAGES = {"Embeddings": EmbeddingView}
+
+
+class EpochPlayer(pn.widgets.DiscretePlayer):
+    """The epoch player, without Panel's 50 ms wait for more changes before a step is handled.
+
+    Panel holds a widget change for ``_debounce`` ms so that a burst of changes is handled once;
+    a player step is a single change and a step's whole budget is 250 ms, so it goes at once.
+    Panel runs such an undebounced change without the document lock unless its coroutine is
+    marked ``with_lock``; the step's watchers change Bokeh models directly (the images, the
+    curve marker), which Bokeh allows only under that lock. A step also does not flip the page's
+    busy indicator on and off: for a change this short that cost more server time than pushing
+    the four new pictures (py-spy profile, summarised in ``benchmarks/RESULTS-dashboard.md``).
+    """
+
+    _priority_changes = ["value"]
+    _busy__ignore = ["value", "value_throttled"]
+
+    @with_lock
+    async def _change_coroutine(self, doc, event_id=None) -> None:
+        await super()._change_coroutine(doc, event_id)
+
+
+class App(pn.viewable.Viewer):
+    """One session of NeuroMapper over a run, or over a folder of runs (a chooser on top).
+
+    Parameters
+    ----------
+    path
+        A run directory, or a folder holding runs.
+    embedding
+        An embedding to show instead of the stored default (a notebook use).
+    dispatch
+        How background threads hand work to this session (see :class:`SessionState`).
+    """
+
+    run_path = param.Selector(default=None, objects=[], doc="The run shown (one of the runs found at path).")
+
+    def __init__(self, path, *, embedding=None, dispatch=None, **params):
+        entries = find_runs(path)
+        super().__init__(**params)
+        self.param.run_path.objects = {entry.label: entry.path for entry in entries}
+        self._dispatch = dispatch
+        self._embedding = embedding
+        self._sidebar = pn.Column(sizing_mode="stretch_width")
+        self._main = pn.Column(sizing_mode="stretch_width")
+        self.state: SessionState | None = None
+        self.views: dict[str, pn.viewable.Viewer] = {}
+        self.run_path = entries[0].path
+
+    @param.depends("run_path", watch=True)
+    def _open(self) -> None:
+        """Show ``run_path``: a fresh state and fresh views; the old ones are disposed."""
+        self._dispose_session()
+        self.state = SessionState(self.run_path, embedding=self._embedding, dispatch=self._dispatch)
+        self._embedding = None
+        self.views = {name: view(self.state) for name, view in PAGES.items()}
+        self._tabs = pn.Tabs(*[(name, view) for name, view in self.views.items()], dynamic=True,
+                             sizing_mode="stretch_width")
+        page_controls = pn.panel(pn.bind(lambda active: list(self.views.values())[active].controls(),
+                                         self._tabs.param.active), sizing_mode="stretch_width")
+        self._sidebar.objects = [*self._shared_controls(), pn.layout.Divider(), page_controls]
+        self._main.objects = [self._tabs]
+
+    @property
+    def embeddings(self) -> EmbeddingView:
+        return self.views["Embeddings"]
+
+    # -- what every page shares -----------------------------------------------------------------------
+    def _shared_controls(self) -> list:
+        state = self.state
+        controls = []
+        if len(self.param.run_path.objects) > 1:
+            controls.append(pn.widgets.Select.from_param(self.param.run_path, label="run"))
+        controls.append(pn.pane.HTML(pn.bind(self._run_card, state.param.run), css_classes=["nm-run-info"],
+                                     sizing_mode="stretch_width"))
+        controls.append(pn.pane.HTML(pn.bind(_live_html, state.param.live), css_classes=["nm-live"],
+                                     sizing_mode="stretch_width"))
+        player = EpochPlayer.from_param(state.param.epoch, label="epoch", interval=700, loop_policy="loop",
+                                        show_loop_controls=True, sizing_mode="stretch_width", margin=(5, 10, 25, 10))
+        player.link(self.embeddings.painter, loop_policy="loop_policy")
+        speed = pn.widgets.IntSlider(label="frame interval (ms)", start=100, end=2000, step=100, value=700,
+                                     sizing_mode="stretch_width")
+        speed.jslink(player, value="interval")
+        controls += [player, speed, pn.pane.Markdown("**classes**", margin=(6, 10, 0, 10)), self._class_toggles()]
+        return controls
+
+    def _class_toggles(self):
+        state = self.state
+        names = state.run.class_names
+        if len(names) > MANY_CLASSES:
+            return pn.widgets.MultiChoice.from_param(state.param.classes, label=f"visible classes ({len(names)})",
+                                                     search_option_limit=50, sizing_mode="stretch_width")
+        buttons = pn.widgets.CheckButtonGroup.from_param(
+            state.param.classes, label="", color="light", variant="solid", sizing_mode="stretch_width",
+            stylesheets=[_class_button_css(names)], css_classes=["nm-classes"])
+        every = pn.widgets.Button(label="all", color="light", width=60)
+        none = pn.widgets.Button(label="none", color="light", width=60)
+        every.on_click(lambda _: setattr(state, "classes", list(names)))
+        none.on_click(lambda _: setattr(state, "classes", []))
+        return pn.Column(buttons, pn.Row(every, none), sizing_mode="stretch_width")
+
+    def _run_card(self, run: RunFacts) -> str:
+        model = run.model
+        final = run.accuracy()[-1]
+        dataset = f" · {html.escape(run.dataset)}" if run.dataset else ""
+        return (f"<div style='font-size:13px;line-height:1.5'><b>{html.escape(run.name)}</b>{dataset}<br>"
+                f"{html.escape(str(model.get('class', '?')).rsplit('.', 1)[-1])} "
+                f"({int(model.get('parameters', 0)):,} parameters)<br>"
+                f"epochs {run.epochs[0]}–{run.epochs[-1]} · {len(run.labels):,} probe samples<br>"
+                f"final probe accuracy <b>{final:.1%}</b></div>")
+
+    # -- page ------------------------------------------------------------------------------------------
+    def __panel__(self):
+        return pn.Row(pn.Column(self._sidebar, width=330), self._main, sizing_mode="stretch_width")
+
+    def template(self, title: str = "NeuroMapper") -> pn.template.BootstrapTemplate:
+        """The page for ``panel serve``: shared and page controls in the sidebar, pages in the main area.
+
+        Bootstrap rather than FastListTemplate: the Fast design always links a Google Fonts
+        stylesheet, which fails (and logs console errors) on an offline machine.
+        """
+        name = self.state.run.name if self.state else ""
+        return pn.template.BootstrapTemplate(
+            title=f"{title} · {name}", sidebar=[self._sidebar], main=[self._main],
+            sidebar_width=330, header_background="#4c78a8",
+        )
+
+    # -- lifetime --------------------------------------------------------------------------------------
+    def _dispose_session(self) -> None:
+        for view in self.views.values():
+            view.dispose()
+        if self.state is not None:
+            self.state.dispose()
+        self.views, self.state = {}, None
+
+    def dispose(self) -> None:
+        """Release everything this session made: its reduce job, watcher entry and threads."""
+        self._dispose_session()
+
+
+def _class_button_css(names: list[str]) -> str:
+    """Class buttons show full names (wrapping onto more rows) and their class colour while visible."""
+    rules = [":host .bk-btn-group {flex-wrap: wrap; gap: 2px;}",
+             ":host .bk-btn {padding: 3px 6px; min-width: 0; flex: 0 1 auto; white-space: nowrap;"
+             " border-bottom: 4px solid transparent;}"]
+    for i, color in enumerate(class_palette(names).values(), start=1):
+        rules.append(f":host .bk-btn:nth-child({i}).bk-active {{border-bottom-color: {color};}}")
+    return "\n".join(rules)
+
+
+def _live_html(live: str) -> str:
+    if not live:
+        return ""
+    return (f"<div style='font-size:13px;color:#b35900'><span style='color:#e45756'>●</span> "
+            f"{html.escape(live)}</div>")
+
+
+def _session_dispatch():
+    """Hand a background thread's work to the current session's event loop (under its lock)."""
+    doc = pn.state.curdoc
+    if doc is None or doc.session_context is None:
+        return None
+
+    def dispatch(fn, *args) -> None:
+        try:
+            doc.add_next_tick_callback(partial(fn, *args))
+        except Exception:  # the session closed meanwhile: nothing to show the result to
+            pass
+
+    return dispatch
+
+
+def serve_app(path: str | Path) -> pn.template.BootstrapTemplate:
+    """A fresh App for the current browser session, released when the session closes."""
+    app = App(path, dispatch=_session_dispatch())
+    pn.state.on_session_destroyed(lambda _context: app.dispose())
+    return app.template()
