@@ -121,8 +121,10 @@ def legend_html(legend: dict[str, str], counts: dict[str, int] | None = None) ->
     items = []
     for name, color in legend.items():
         count = f" <span style='color:#777'>({counts[name]:,})</span>" if counts and name in counts else ""
+        # long names are cut with an ellipsis; the full name is the item's tooltip
         items.append(
-            f"<span style='white-space:nowrap;margin-right:10px'>"
+            f"<span title='{html.escape(name, quote=True)}' style='white-space:nowrap;margin-right:10px;"
+            f"display:inline-block;max-width:260px;overflow:hidden;text-overflow:ellipsis;vertical-align:bottom'>"
             f"<span style='display:inline-block;width:11px;height:11px;border-radius:2px;"
             f"background:{color};margin-right:4px;vertical-align:-1px'></span>{html.escape(name)}{count}</span>"
         )

@@ -56,6 +56,10 @@ def make_synthetic_run(
     split_epoch: int | None = None,
     drift: float = 1.0,
     overwrite: bool = True,
+    class_names: list[str] | None = None,
+    layer_names: list[str] | None = None,
+    dataset: str = "synthetic",
+    metric: str | None = None,
 ) -> Path:
     """Write a synthetic run of drifting, separating clusters and return its directory.
 
@@ -83,6 +87,10 @@ def make_synthetic_run(
         clusters still apart from their separation over training).
     overwrite
         Replace a run already at ``path``.
+    class_names, layer_names, dataset, metric
+        Names to store instead of ``c0``/``layer0``/``"synthetic"``, and the name of a made-up
+        per-epoch metric (none by default): tests give them hostile text (markup, quotes, 500
+        characters) to check that every view shows names as text.
 
     Returns
     -------
@@ -105,17 +113,21 @@ def make_synthetic_run(
 
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n_samples) % n_classes)
-    layers = [f"layer{i}" for i in range(n_layers)]
+    layers = list(layer_names) if layer_names is not None else [f"layer{i}" for i in range(n_layers)]
+    class_names = list(class_names) if class_names is not None else [f"c{k}" for k in range(n_classes)]
+    if len(layers) != n_layers or len(class_names) != n_classes:
+        raise ValueError(f"layer_names and class_names: expected {n_layers} and {n_classes} names, "
+                         f"got {len(layers)} and {len(class_names)}")
     layer_models = [_LayerModel(rng, labels, n_classes, dims, drift) for _ in layers]
     store.create_run(
         path,
         labels=labels,
-        class_names=[f"c{k}" for k in range(n_classes)],
+        class_names=class_names,
         layers=layers,
         layer_units=[dims] * n_layers,
         layer_kinds=["synthetic"] * n_layers,
         attrs={
-            "dataset": "synthetic",
+            "dataset": dataset,
             "model": {"class": "neuromapper.synthetic", "parameters": 0},
             "hyperparameters": {
                 "n_samples": n_samples, "n_epochs": n_epochs, "n_layers": n_layers, "n_classes": n_classes,
@@ -133,7 +145,9 @@ def make_synthetic_run(
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         loss = -log_p[np.arange(n_samples), labels]
-        ds = store.epoch_dataset(epoch, layers=layers, activations=activations, logits=logits, loss=loss)
+        metrics = {metric: float(loss.mean())} if metric else None
+        ds = store.epoch_dataset(epoch, layers=layers, activations=activations, logits=logits, loss=loss,
+                                 metrics=metrics)
         store.append_epoch(path, ds)
     return Path(path)
 

@@ -27,14 +27,14 @@ def test_explore_notebook_executes_and_shows_the_viewer(tmp_path, monkeypatch):
         return next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and fragment in c.source)
 
     # the viewer cell renders a Panel/Bokeh widget, not a plain repr
-    viewer_out = outputs[code_index("viewer = neuromapper.show(run)")]
+    viewer_out = outputs[code_index("app = neuromapper.show(run)")]
     mimetypes = {m for o in viewer_out for m in o.get("data", {})}
     assert "application/vnd.holoviews_exec.v0+json" in mimetypes, mimetypes
     # the selection cell prints real sample ids, and the table lists them with labels and positions
-    printed = "".join(o.get("text", "") for o in outputs[code_index("ids = viewer.select_box")])
+    printed = "".join(o.get("text", "") for o in outputs[code_index("ids = page.select_box")])
     count = int(printed.split()[0])
     assert 0 < count < 500 and "samples selected: [" in printed
-    table = outputs[code_index("viewer.selected().head(10)")][0]["data"]["text/plain"]
+    table = outputs[code_index("page.selected().head(10)")][0]["data"]["text/plain"]
     assert "sample" in table and "prediction" in table and "fc2_x" in table
     # the trustworthiness table has one row per epoch 0-6 and one column per layer
     reduce_out = outputs[code_index("embedding = neuromapper.reduce(run)")]

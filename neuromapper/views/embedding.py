@@ -25,6 +25,7 @@ from .. import plots
 from ..reduce_params import ReduceParams
 from .embedding_painter import EmbeddingPainter
 from .state import SessionState
+from .widgets import text_multichoice
 
 PER_CLASS = {"all": None, "25": 25, "50": 50, "100": 100, "200": 200, "500": 500, "1000": 1000}
 
@@ -181,7 +182,7 @@ class EmbeddingView(pn.viewable.Viewer):
             visible=pn.bind(lambda v: v is not None, self.state.param.progress), sizing_mode="stretch_width",
             css_classes=["nm-progress"])
         return pn.Column(
-            pn.widgets.MultiChoice.from_param(self.painter.param.layers, label="layers side by side"),
+            text_multichoice(self.painter.param.layers, "layers side by side"),
             pn.widgets.Select.from_param(self.painter.param.color_by, label="colour by"),
             heading("**show** · flipped = learned or forgotten since the previous epoch"),
             pn.widgets.RadioButtonGroup.from_param(self.painter.param.show, color="light"),

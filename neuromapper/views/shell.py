@@ -26,6 +26,7 @@ from ..scene import class_palette
 from .embedding import EmbeddingView
 from .run import RunFacts, find_runs
 from .state import SessionState
+from .widgets import text_multichoice
 
 MANY_CLASSES = 20  # beyond this the class toggles become a searchable multi-select
 PAGES = {"Embeddings": EmbeddingView}
@@ -119,8 +120,7 @@ class App(pn.viewable.Viewer):
         state = self.state
         names = state.run.class_names
         if len(names) > MANY_CLASSES:
-            return pn.widgets.MultiChoice.from_param(state.param.classes, label=f"visible classes ({len(names)})",
-                                                     search_option_limit=50, sizing_mode="stretch_width")
+            return text_multichoice(state.param.classes, f"visible classes ({len(names)})", search_option_limit=50)
         buttons = pn.widgets.CheckButtonGroup.from_param(
             state.param.classes, label="", color="light", variant="solid", sizing_mode="stretch_width",
             stylesheets=[_class_button_css(names)], css_classes=["nm-classes"])
@@ -150,9 +150,12 @@ class App(pn.viewable.Viewer):
         Bootstrap rather than FastListTemplate: the Fast design always links a Google Fonts
         stylesheet, which fails (and logs console errors) on an offline machine.
         """
-        name = self.state.run.name if self.state else ""
+        # The template inserts its title into the header as markup (and into <title> as text): the
+        # run's folder name, which is data, goes into a pane of its own as escaped text.
+        run_name = pn.pane.HTML(pn.bind(lambda *_: _header_html(self.state.run.name if self.state else ""),
+                                        self.param.run_path), css_classes=["nm-header-run"], margin=(0, 10))
         return pn.template.BootstrapTemplate(
-            title=f"{title} · {name}", sidebar=[self._sidebar], main=[self._main],
+            title=title, header=[run_name], sidebar=[self._sidebar], main=[self._main],
             sidebar_width=330, header_background="#4c78a8",
         )
 
@@ -172,11 +175,16 @@ class App(pn.viewable.Viewer):
 def _class_button_css(names: list[str]) -> str:
     """Class buttons show full names (wrapping onto more rows) and their class colour while visible."""
     rules = [":host .bk-btn-group {flex-wrap: wrap; gap: 2px;}",
-             ":host .bk-btn {padding: 3px 6px; min-width: 0; flex: 0 1 auto; white-space: nowrap;"
-             " border-bottom: 4px solid transparent;}"]
+             ":host .bk-btn {padding: 3px 6px; min-width: 0; flex: 0 1 auto; white-space: nowrap; max-width: 100%;"
+             " overflow: hidden; text-overflow: ellipsis; border-bottom: 4px solid transparent;}"]
     for i, color in enumerate(class_palette(names).values(), start=1):
         rules.append(f":host .bk-btn:nth-child({i}).bk-active {{border-bottom-color: {color};}}")
     return "\n".join(rules)
+
+
+def _header_html(name: str) -> str:
+    return (f"<div style='color:white;font-size:1.4em;white-space:nowrap;overflow:hidden;text-overflow:ellipsis;"
+            f"max-width:60vw'>· {html.escape(name)}</div>")
 
 
 def _live_html(live: str) -> str:
