@@ -1,20 +1,26 @@
 """NeuroMapper: see how a neural network learns.
 
 The pipeline is record -> store -> reduce -> view -> export, one module per stage:
-:mod:`neuromapper.record` (:class:`Recorder`), :mod:`neuromapper.store` (:func:`open_run`),
-:mod:`neuromapper.reduce`, :mod:`neuromapper.app` and :mod:`neuromapper.export`.
+:mod:`neuromapper.record` (:class:`Recorder`), :mod:`neuromapper.store` (:func:`open_run` and the
+embedding files), :mod:`neuromapper.reduce` (with :class:`ReduceParams`), :mod:`neuromapper.views`
+and :mod:`neuromapper.export`.
+
+``import neuromapper`` loads only the store (numpy and xarray): ``Recorder`` (PyTorch),
+``reduce`` and ``ReductionCancelled`` (numba, umap-learn, scikit-learn) and ``export_html``
+(datashader) are imported on first use (PEP 562 module ``__getattr__``), so that
+``neuromapper --help``, ``neuromapper info`` and a script that only reads runs start in a fraction
+of a second. ``tests/test_project.py`` checks that none of them is imported.
 """
 
-from . import reduce
-from .record import Recorder
-from .reduce import ReductionCancelled, find_embedding, list_embeddings, load_embedding
-from .store import RunError, layer_activations, open_run
+from importlib import import_module
+from importlib.metadata import version
 
-# ``reduce`` is the module neuromapper.reduce, which is callable: ``neuromapper.reduce(run, ...)``
-# computes an embedding and ``neuromapper.reduce.find_embedding`` etc. stay reachable (see its
-# docstring).
+from .reduce_params import ReduceParams
+from .store import RunError, find_embedding, layer_activations, list_embeddings, load_embedding, open_run
+
 __all__ = [
     "Recorder",
+    "ReduceParams",
     "ReductionCancelled",
     "RunError",
     "export_html",
@@ -26,25 +32,38 @@ __all__ = [
     "reduce",
     "show",
 ]
-__version__ = "0.1.0"
+__version__ = version("neuromapper")
+
+# name -> (module, attribute); attribute None: the module itself. ``neuromapper.reduce`` is the
+# module neuromapper.reduce, which is callable (see its docstring).
+_LAZY = {
+    "Recorder": ("record", "Recorder"),
+    "ReductionCancelled": ("reduce", "ReductionCancelled"),
+    "export_html": ("export", "export_html"),
+    "reduce": ("reduce", None),
+}
 
 
-def show(run, **params):
-    """The dashboard viewer for ``run``; in a notebook, display the returned object.
+def show(run, embedding=None):
+    """The dashboard for ``run`` (a run, or a folder of runs); in a notebook, display the returned object.
 
-    Parameters are those of :class:`neuromapper.app.NeuroMapper` (``embedding=`` and any of its
-    parameters, e.g. ``layers=["fc1", "fc2"]``).
+    Returns a :class:`neuromapper.views.shell.App`: its ``state`` is the session's shared state
+    (``app.state.epoch = 5``, ``app.state.selection`` as sample ids) and
+    ``app.embeddings.painter`` the Embeddings page's options (``layers``, ``color_by``...) and
+    ``selected()`` table. ``embedding`` shows that embedding instead of the stored default.
     """
-    from .app import NeuroMapper
+    from .views.shell import App
 
-    return NeuroMapper(run, **params)
+    return App(run, embedding=embedding)
 
 
 def __getattr__(name: str):
-    # export_html pulls in datashader and numba; import it on first use so that `import neuromapper`
-    # (and `neuromapper info`) does not pay for them (PEP 562 module __getattr__).
-    if name == "export_html":
-        from .export import export_html
+    if name not in _LAZY:
+        raise AttributeError(f"module 'neuromapper' has no attribute {name!r}")
+    module, attribute = _LAZY[name]
+    found = import_module(f".{module}", __name__)
+    return found if attribute is None else getattr(found, attribute)
 
-        return export_html
-    raise AttributeError(f"module 'neuromapper' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -1,7 +1,9 @@
-"""The ``neuromapper`` command: ``demo``, ``info`` (and the later pipeline stages).
+"""The ``neuromapper`` command: ``demo``, ``serve``, ``info``, ``reduce``, ``export``.
 
 Each subcommand is a thin wrapper over a library function so that everything the CLI does can
-also be done from Python.
+also be done from Python. Building the parser imports nothing heavy (the reduce options come from
+:class:`~neuromapper.reduce_params.ReduceParams`, which needs only the standard library); each
+command imports what it needs when it runs, so ``neuromapper --help`` is instant.
 """
 
 from __future__ import annotations
@@ -11,14 +13,25 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
+from .reduce_params import ReduceParams
+
+# The names of neuromapper.data.DATASETS, here so that building the parser does not import
+# PyTorch (tests/test_project.py keeps the two in step).
+DEMO_DATASETS = ("mnist5k", "digits", "mnist", "fashion-mnist", "cifar10")
 
 
 def run_summary(path: str | Path) -> dict:
-    """Facts about a run for ``neuromapper info``: epochs, layers and widths, samples, accuracy."""
-    from .store import json_attr, open_run
+    """Facts about a run for ``neuromapper info``: epochs, layers and widths, samples, accuracy.
+
+    The facts are those of the epochs recorded when the run is opened; an epoch written meanwhile
+    is left for the next call. Each stored embedding says whether it covers all of them.
+    """
+    import numpy as np
+
+    from .store import json_attr, list_embeddings, open_run
 
     ds = open_run(path)
+    epochs = [int(e) for e in ds["epoch"].values]
     labels = ds["label"].values
     final_pred = ds["prediction"].isel(epoch=-1).values
     nonfinite = ds["nonfinite"].values
@@ -33,7 +46,7 @@ def run_summary(path: str | Path) -> dict:
         "dataset": ds.attrs.get("dataset", ""),
         "model": model.get("class", ""),
         "parameters": model.get("parameters"),
-        "epochs": [int(e) for e in ds["epoch"].values],
+        "epochs": epochs,
         "layers": {str(k): int(v) for k, v in zip(ds["layer"].values, ds["layer_units"].values)},
         "samples": int(ds.sizes["sample"]),
         "classes": [str(c) for c in ds["class"].values],
@@ -41,15 +54,12 @@ def run_summary(path: str | Path) -> dict:
         "metrics": sorted(str(m) for m in ds["metric_name"].values) if "metric_name" in ds.coords else [],
         "nonfinite_epochs": flagged,
         "hyperparameters": json_attr(ds, "hyperparameters"),
-        "embeddings": _embeddings_summary(path),
+        "embeddings": [
+            {**{k: e[k] for k in ("key", "method", "params", "epochs", "created", "backend", "seconds")},
+             "current": e["epochs"] == epochs}
+            for e in list_embeddings(ds)
+        ],
     }
-
-
-def _embeddings_summary(path: str | Path) -> list[dict]:
-    from .reduce import list_embeddings
-
-    return [{k: e[k] for k in ("key", "method", "params", "epochs", "created", "backend", "seconds")}
-            for e in list_embeddings(path)]
 
 
 def _print_summary(info: dict) -> None:
@@ -66,9 +76,18 @@ def _print_summary(info: dict) -> None:
         print(f"WARNING    layer {layer} has non-finite activations at epochs {bad}")
     for e in info.get("embeddings", []):
         p = e["params"]
+        covers = "" if e["current"] else (f"  STALE: covers {_span(e['epochs'])} of {_span(epochs)}; "
+                                          f"`neuromapper reduce {info['path']}` with these parameters extends it")
         print(f"embedding  {e['key']}  {e['method']} n_neighbors={p.get('n_neighbors')} min_dist={p.get('min_dist')} "
               f"per_class={p.get('per_class')} seed={p.get('seed')} layers={','.join(p.get('layers', []))} "
-              f"({e['created']}, {e['seconds']:.1f} s, {e['backend']})")
+              f"({e['created']}, {e['seconds']:.1f} s, {e['backend']}){covers}")
+
+
+def _span(epochs: list[int]) -> str:
+    """``"epochs 0-4"``, ``"epoch 3"`` or ``"no epochs"``."""
+    if not epochs:
+        return "no epochs"
+    return f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {epochs[0]}-{epochs[-1]}"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -114,13 +133,23 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_reduce(args: argparse.Namespace) -> int:
+    import time
+
     from .reduce import find_embedding, reduce
 
-    params = dict(method=args.method, layers=args.layers, n_neighbors=args.n_neighbors, min_dist=args.min_dist,
-                  per_class=args.per_class, seed=args.seed)
-    cached = None if args.force else find_embedding(args.run, **params)
-    emb = cached if cached is not None else reduce(args.run, **params, progress="tqdm", n_jobs=args.jobs, force=args.force)
-    how = "found in the cache" if cached is not None else f"computed in {emb.attrs['seconds']:.1f} s"
+    params = ReduceParams(method=args.method, layers=args.layers, n_neighbors=args.n_neighbors,
+                          min_dist=args.min_dist, per_class=args.per_class, seed=args.seed)
+    before = None if args.force else find_embedding(args.run, params, partial=True)
+    start = time.perf_counter()
+    emb = reduce(args.run, params, progress="tqdm", n_jobs=args.jobs, force=args.force)
+    seconds = time.perf_counter() - start
+    if before is not None and before.sizes["epoch"] == emb.sizes["epoch"]:
+        how = "found in the cache"
+    elif before is not None and emb.attrs["method"] != "aligned-umap":
+        how = (f"extended from {before.sizes['epoch']} to {emb.sizes['epoch']} epochs in {seconds:.1f} s "
+               "(earlier epochs kept)")
+    else:
+        how = f"computed in {seconds:.1f} s"
     print(f"embedding {emb.attrs['key']} ({emb.attrs['method']}, {emb.attrs['backend']}) {how}: "
           f"{emb.sizes['epoch']} epochs x {emb.sizes['layer']} layers x {emb.sizes['sample']:,} samples")
     print(f"{'layer':<16} {'trustworthiness':>16} {'disparity':>10} {'unplaced':>9}")
@@ -151,26 +180,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     embedding = None
     if args.embedding:
-        from .reduce import load_embedding
+        from .store import load_embedding
 
         embedding = load_embedding(args.run, args.embedding)
-    path, strategy = _export(
+    path, facts = _export(
         args.run, args.output, embedding=embedding, layers=args.layers, epochs=args.epochs, width=args.width,
         strategy=args.strategy, thumbnails="auto", progress=True,
     )
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) in {time.perf_counter() - start:.1f} s; "
-          f"{strategy['name']} strategy: {strategy['reason']}")
+          f"{facts['strategy']['name']} strategy: {facts['strategy']['reason']}")
+    if facts["coverage"]:
+        print(f"note: {facts['coverage']}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data import DATASETS
-
+    """The command line's parser; imports nothing beyond the standard library and :mod:`neuromapper.reduce_params`."""
     parser = argparse.ArgumentParser(prog="neuromapper", description="See how a neural network learns.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="train the demo CNN on offline digits, record it, reduce it, open the dashboard")
-    demo.add_argument("--dataset", choices=DATASETS, default="mnist5k")
+    demo.add_argument("--dataset", choices=DEMO_DATASETS, default=DEMO_DATASETS[0])
     demo.add_argument("--epochs", type=int, default=10)
     demo.add_argument("--probe", type=int, default=2000, help="held-out probe samples (default 2000)")
     demo.add_argument("--out", default="data/demo", help="run directory (default data/demo)")
@@ -191,18 +221,22 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=cmd_info)
 
-    from .reduce import DEFAULT_METHOD, METHODS
-
-    red = sub.add_parser("reduce", help="embed every layer in 2-D per epoch, aligned across epochs (cached)")
+    default, bounds = ReduceParams.DEFAULT, ReduceParams.BOUNDS
+    red = sub.add_parser("reduce", help="embed every layer in 2-D per epoch, aligned across epochs (cached; "
+                                        "a run that grew is extended)")
     red.add_argument("run")
-    red.add_argument("--method", choices=METHODS, default=None, help=f"default {DEFAULT_METHOD}")
-    red.add_argument("--n-neighbors", type=int, default=15, help="UMAP neighbourhood size (default 15)")
-    red.add_argument("--min-dist", type=float, default=0.1, help="UMAP minimum distance (default 0.1)")
-    red.add_argument("--layers", type=_comma_list(str), default=None, help="comma-separated layers (default all)")
-    red.add_argument("--per-class", type=int, default=None, help="embed N samples per class (default all samples)")
-    red.add_argument("--seed", type=int, default=0)
+    red.add_argument("--method", choices=ReduceParams.METHODS, default=default.method,
+                     help=f"default {default.method}")
+    red.add_argument("--n-neighbors", type=int, default=default.n_neighbors,
+                     help="UMAP neighbourhood size, {} to {} (default %(default)s)".format(*bounds["n_neighbors"]))
+    red.add_argument("--min-dist", type=float, default=default.min_dist,
+                     help="UMAP minimum distance, {} to {} (default %(default)s)".format(*bounds["min_dist"]))
+    red.add_argument("--layers", type=_comma_list(str), default=default.layers, help="comma-separated layers (default all)")
+    red.add_argument("--per-class", type=int, default=default.per_class,
+                     help="embed N samples per class (default all samples)")
+    red.add_argument("--seed", type=int, default=default.seed, help="default %(default)s")
     red.add_argument("--jobs", type=int, default=None, help="worker processes, one layer each (default automatic)")
-    red.add_argument("--force", action="store_true", help="recompute even if a stored embedding matches")
+    red.add_argument("--force", action="store_true", help="recompute every epoch even if an embedding is stored")
     red.set_defaults(func=cmd_reduce)
 
     export = sub.add_parser("export", help="write a standalone HTML snapshot that opens offline")
@@ -213,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--width", type=int, default=360, help="pixels per layer picture (default 360)")
     export.add_argument("--strategy", choices=["auto", "points", "images"], default="auto",
                         help="embed points (hover labels) or pre-rendered images; auto picks the smaller file")
-    export.add_argument("--embedding", default=None, help="key of a stored embedding (default the newest)")
+    export.add_argument("--embedding", default=None,
+                        help="key of a stored embedding (see `neuromapper info`); default the one `neuromapper "
+                             "reduce RUN` stores with the default parameters")
     export.set_defaults(func=cmd_export)
     return parser
 

@@ -58,6 +58,14 @@ Design (the parts that are hard to undo, and why):
 * **Fixed frames.** Each layer keeps the dashboard's default view (the robust bounds of all
   exported epochs, :meth:`~neuromapper.scene.EmbeddingScene.default_frame`), so the player
   never rescales an axis between epochs.
+* **Never computes an embedding.** An export takes the embedding it is given, or the one stored
+  with the default :class:`~neuromapper.ReduceParams` (what ``neuromapper reduce RUN`` stores);
+  when there is none it says which command makes one rather than starting a reduction that can
+  take minutes behind a command that promises a file. A run that grew since its embedding was
+  computed (a live run) is exported for the epochs the embedding covers, and the page and the
+  command line say so. The embedding is looked up *before* the run is opened: epochs are only
+  ever added, so the opened run always holds every epoch of the embedding, even when an epoch
+  file appears in between.
 """
 
 from __future__ import annotations
@@ -78,8 +86,9 @@ import pandas as pd
 import xarray as xr
 
 from . import raster
+from .reduce_params import ReduceParams
 from .scene import COLOR_BY, CORRECTNESS_COLORS, EmbeddingScene, ViewState
-from .store import json_attr, open_run
+from .store import find_embedding, json_attr, list_embeddings, open_run, run_dir
 
 STRATEGIES = ("auto", "points", "images")
 POINTS_MAX_SAMPLES = 50_000
@@ -120,9 +129,9 @@ def export_html(
     path
         The HTML file to write (parent folders are created).
     embedding
-        ``(epoch, layer, sample, xy)`` from :func:`neuromapper.reduce`. By default the newest
-        embedding stored with the run, or one computed with ``neuromapper.reduce(run)`` (with a
-        progress bar) when none is stored.
+        ``(epoch, layer, sample, xy)`` from :func:`neuromapper.reduce`. By default the one stored
+        with the run for the default parameters (``ReduceParams.DEFAULT``, what
+        ``neuromapper reduce RUN`` computes); never computed here.
     layers
         Layers to show side by side, in this order; default every layer of the embedding.
     epochs
@@ -138,7 +147,7 @@ def export_html(
         Show each sample's input image in hover labels (points strategy, runs with images
         only); ``"auto"`` includes them up to :data:`THUMBNAIL_MAX_SAMPLES` samples.
     progress
-        Show tqdm progress bars on stderr while computing an embedding or rendering images.
+        Show a tqdm progress bar on stderr while rendering images.
 
     Returns
     -------
@@ -149,6 +158,9 @@ def export_html(
     ------
     ValueError
         When an argument is invalid; the message names the argument and lists valid values.
+    FileNotFoundError
+        When no ``embedding`` is given and none is stored for the default parameters; the
+        message names the command that computes it.
     neuromapper.RunError
         When ``run`` is not a readable run.
     """
@@ -157,15 +169,16 @@ def export_html(
 
 
 def _export(run, path, *, embedding, layers, epochs, width, strategy, thumbnails, progress) -> tuple[Path, dict]:
-    """:func:`export_html`, also returning the strategy facts the CLI prints."""
+    """:func:`export_html`, also returning what the CLI prints: ``{"strategy": ..., "coverage": str | None}``."""
     width = _check_width(width)
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
     if thumbnails not in (True, False, "auto"):
         raise ValueError(f"thumbnails: expected True, False or 'auto', got {thumbnails!r}")
-    ds = run if isinstance(run, xr.Dataset) else open_run(run)
     if embedding is None:
-        embedding = _default_embedding(ds, progress)
+        embedding = _default_embedding(run)  # before opening the run: see the module docstring
+    ds = run if isinstance(run, xr.Dataset) else open_run(run)
+    coverage = _coverage(ds, embedding)  # of the whole embedding, not of the epochs chosen below
     embedding = _select(embedding, layers, epochs)
     scene, position = _scene(ds, embedding)
 
@@ -189,11 +202,12 @@ def _export(run, path, *, embedding, layers, epochs, width, strategy, thumbnails
     else:
         data["images"] = _images_payload(scene, width, progress, rendered)
     data["strategy"] = {"name": chosen, "reason": reason, "estimate": vars(estimate)}
+    data["coverage"] = coverage
     page = _page(data)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
-    return out, data["strategy"]
+    return out, {"strategy": data["strategy"], "coverage": coverage}
 
 
 # -- arguments ---------------------------------------------------------------------------------
@@ -231,17 +245,34 @@ def _select(embedding: xr.DataArray, layers, epochs) -> xr.DataArray:
     return embedding.transpose("epoch", "layer", "sample", "xy")
 
 
-def _default_embedding(ds: xr.Dataset, progress: bool) -> xr.DataArray:
-    """The newest embedding stored with the run, or a fresh ``reduce(run)`` with a progress bar."""
-    from . import reduce as reduction
-
-    run_path = ds.attrs.get("path")
-    if run_path is None:
+def _default_embedding(run) -> xr.DataArray:
+    """The embedding stored for the default parameters, current or covering the first epochs."""
+    if isinstance(run, xr.Dataset) and not run.attrs.get("path"):
         raise ValueError("embedding: required when run is a Dataset that was not opened from a run directory")
-    stored = reduction.list_embeddings(run_path)
-    if stored:
-        return reduction.load_embedding(run_path, stored[-1]["key"])
-    return reduction.reduce(run_path, progress="tqdm" if progress else None)
+    found = find_embedding(run, ReduceParams.DEFAULT, partial=True)
+    if found is None:
+        root = run_dir(run)
+        stored = [info["key"] for info in list_embeddings(root)]
+        raise FileNotFoundError(
+            f"embedding: none given, and none is stored for the default parameters in {root}; compute it with "
+            f"`neuromapper reduce {root}` (neuromapper.reduce(run) in Python), or pass a stored one with "
+            f"--embedding KEY (embedding= in Python); stored keys: {stored}"
+        )
+    return found
+
+
+def _coverage(ds: xr.Dataset, embedding: xr.DataArray) -> str | None:
+    """What to tell when ``embedding`` does not cover every epoch recorded in ``ds``, else ``None``."""
+    if not isinstance(embedding, xr.DataArray) or "epoch" not in embedding.coords:
+        return None  # not an embedding: _select says so
+    recorded = [int(e) for e in ds["epoch"].values]
+    covered = {int(e) for e in embedding["epoch"].values}
+    missing = [e for e in recorded if e not in covered]
+    if not missing:
+        return None
+    return (f"the embedding covers {len(recorded) - len(missing)} of the {len(recorded)} recorded epochs; epochs "
+            f"{missing} were recorded after it was computed and are not in this snapshot (`neuromapper reduce "
+            f"{ds.attrs.get('path', 'RUN')}` with the same parameters extends it)")
 
 
 def _scene(ds: xr.Dataset, embedding: xr.DataArray) -> tuple[EmbeddingScene, np.ndarray]:

@@ -1,10 +1,21 @@
 """The reduction methods: one layer's activations over epochs -> one aligned 2-D layout per epoch.
 
 Each method is a function ``method(activations, n_neighbors, min_dist, seed, on_epoch,
-should_stop) -> (layouts, backend)`` where ``activations`` is ``(epoch, sample, unit)``, the
-layouts are ``(epoch, sample, 2)`` float32 with NaN for points that could not be placed, and
+should_stop, after=None) -> (layouts, backend)`` where ``activations`` is ``(epoch, sample, unit)``,
+the layouts are ``(epoch, sample, 2)`` float32 with NaN for points that could not be placed, and
 ``on_epoch(i, layout)`` is called as each epoch's layout is final. :mod:`neuromapper.reduce` handles
 everything around them (parameters, caching, storage, parallelism, quality figures).
+
+``after`` (a :class:`Continuation`) makes a method carry on from an epoch laid out earlier -- the
+last epoch of a stored embedding when the run has grown since -- so that only the new epochs are
+computed. ``anchored-umap`` starts the first new epoch from the stored layout and compares its
+neighbour sets with the stored epoch's (recomputed from its activations), exactly as its loop does
+from one epoch to the next; ``umap`` and ``pca`` rotate the first new layout onto the stored one.
+With exact neighbour search (up to :data:`EXACT_KNN_MAX` samples) the result equals a reduction
+of all epochs at once, bit for bit; above it NN-descent's start differs, so the new epochs may
+differ a little. ``aligned-umap`` optimises all epochs jointly and cannot carry on: it ignores
+``after`` and :mod:`neuromapper.reduce` recomputes every epoch for it. Every method also lays out
+a single epoch (``aligned-umap`` by falling back to ``umap`` for it, as there is nothing to align).
 
 Every method starts from the same **pre-embedding**: each epoch's activations are reduced to
 :data:`PCA_COMPONENTS` dimensions by PCA (layers that narrow are used as they are), which
@@ -67,11 +78,12 @@ import numpy as np
 import scipy.sparse
 
 from . import layout as _layout
+from .reduce_params import ReduceParams
 
 # scikit-learn, umap-learn and pynndescent are imported where they are used: together they take
 # seconds to import, which ``import neuromapper`` (and ``neuromapper info``) should not pay.
 
-__all__ = ["DEFAULT_METHOD", "METHODS", "pre_embed"]
+__all__ = ["DEFAULT_METHOD", "METHODS", "Continuation", "pre_embed"]
 
 PCA_COMPONENTS = 50
 EXACT_KNN_MAX = 15_000
@@ -88,6 +100,15 @@ ShouldStop = Callable[[], bool]
 
 class Stopped(Exception):
     """Raised inside a method when ``should_stop()`` answered true."""
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """The last epoch already laid out, for a method to carry on from (see the module docstring)."""
+
+    index: int  # its position among the run's epochs: later epochs' seeds follow on from it
+    activations: np.ndarray  # (sample, unit), as recorded
+    layout: np.ndarray  # (sample, 2) float32, as stored
 
 
 def _never() -> bool:
@@ -167,11 +188,15 @@ def nearest_neighbours(data: np.ndarray, k: int, seed: int, init: np.ndarray | N
 
 
 def build_graphs(
-    activations: np.ndarray, n_neighbors: int, seed: int, cuml=None, should_stop: ShouldStop = _never
+    activations, n_neighbors: int, seed: int, cuml=None, should_stop: ShouldStop = _never, first_epoch: int = 0
 ):
-    """Yield one :class:`EpochGraph` per epoch (generator: graphs are built as they are needed)."""
+    """Yield one :class:`EpochGraph` per epoch (generator: graphs are built as they are needed).
+
+    ``activations`` is any sequence of ``(sample, unit)`` arrays; ``first_epoch`` is the position
+    of the first among the run's epochs (it seeds NN-descent).
+    """
     previous = None
-    for epoch, x in enumerate(activations):
+    for epoch, x in enumerate(activations, start=first_epoch):
         if should_stop():
             raise Stopped
         rows = np.flatnonzero(np.isfinite(x).all(axis=1))
@@ -240,6 +265,7 @@ def anchored_umap(
     seed: int,
     on_epoch: OnEpoch = _ignore,
     should_stop: ShouldStop = _never,
+    after: Continuation | None = None,
     *,
     warm_passes: int = WARM_PASSES,
     warm_alpha: float = WARM_ALPHA,
@@ -247,7 +273,7 @@ def anchored_umap(
 ) -> tuple[np.ndarray, str]:
     """Warm-started, anchored UMAP layouts of every epoch (see the module docstring)."""
     with _one_core_for_the_optimiser():
-        return _anchored_umap(activations, n_neighbors, min_dist, seed, on_epoch, should_stop, warm_passes,
+        return _anchored_umap(activations, n_neighbors, min_dist, seed, on_epoch, should_stop, after, warm_passes,
                               warm_alpha, anchor_strength)
 
 
@@ -268,35 +294,46 @@ def _one_core_for_the_optimiser():
         yield
 
 
-def _anchored_umap(activations, n_neighbors, min_dist, seed, on_epoch, should_stop, warm_passes, warm_alpha,
+def _anchored_umap(activations, n_neighbors, min_dist, seed, on_epoch, should_stop, after, warm_passes, warm_alpha,
                    anchor_strength):
     n_epochs, n_samples = activations.shape[:2]
     cuml = cuml_module()
     a, b = _curve(min_dist)
     out = np.full((n_epochs, n_samples, 2), np.nan, dtype=np.float32)
+    previous_layout = None if after is None else after.layout
     previous_ids = None  # (n_samples, k) neighbour ids of the previous placed epoch, -1 if absent
+    # A continued epoch goes through the loop first, for its neighbour ids; its layout is kept.
+    steps = list(activations) if after is None else [after.activations, *activations]
+    first = 0 if after is None else after.index  # position of steps[0] among the run's epochs
+    skip = 0 if after is None else 1
     stopped = False
 
     def stop() -> bool:
         return stopped or should_stop()
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuromapper-graphs") as pool:
-        graphs = build_graphs(activations, n_neighbors, seed, cuml, stop)
+        graphs = build_graphs(steps, n_neighbors, seed, cuml, stop, first_epoch=first)
         pending = pool.submit(next, graphs, None)
         try:
-            for epoch in range(n_epochs):
+            for step in range(len(steps)):
                 g = pending.result()
-                if epoch + 1 < n_epochs:
+                if step + 1 < len(steps):
                     pending = pool.submit(next, graphs, None)
                 if should_stop():
                     raise Stopped
+                ids = None
                 if g.usable:
                     ids = np.full((n_samples, n_neighbors - 1), -1, dtype=np.int64)
                     ids[g.rows] = g.rows[g.knn_indices[:, 1:]]
-                    out[epoch] = _place_epoch(g, out[epoch - 1] if epoch else None, ids, previous_ids,
-                                              a, b, seed, epoch, n_samples, warm_passes, warm_alpha,
-                                              anchor_strength, should_stop)
+                epoch = step - skip
+                if epoch < 0:
                     previous_ids = ids
+                    continue
+                if g.usable:
+                    out[epoch] = _place_epoch(g, previous_layout, ids, previous_ids, a, b, seed, first + step,
+                                              n_samples, warm_passes, warm_alpha, anchor_strength, should_stop)
+                    previous_ids = ids
+                previous_layout = out[epoch]
                 if should_stop():
                     raise Stopped
                 on_epoch(epoch, out[epoch])
@@ -351,11 +388,17 @@ def _place_newcomers(y: np.ndarray, known: np.ndarray, knn_indices: np.ndarray, 
             y[i] = centre + rng.normal(size=2) * extent
 
 
-def aligned_umap(activations, n_neighbors, min_dist, seed, on_epoch=_ignore, should_stop=_never):
-    """umap-learn's ``AlignedUMAP`` on the PCA pre-embedding, identity relations over the probe."""
+def aligned_umap(activations, n_neighbors, min_dist, seed, on_epoch=_ignore, should_stop=_never, after=None):
+    """umap-learn's ``AlignedUMAP`` on the PCA pre-embedding, identity relations over the probe.
+
+    Optimises all epochs jointly, so ``after`` is ignored (the caller recomputes every epoch). A
+    single epoch has nothing to align: it is laid out by :func:`umap_per_epoch` (plain UMAP).
+    """
     from umap import AlignedUMAP
 
     n_epochs, n_samples = activations.shape[:2]
+    if n_epochs == 1:
+        return umap_per_epoch(activations, n_neighbors, min_dist, seed, on_epoch, should_stop)
     rows, data = [], []
     for x in activations:
         r = np.flatnonzero(np.isfinite(x).all(axis=1))
@@ -399,13 +442,17 @@ def _procrustes_onto(previous: np.ndarray, current: np.ndarray) -> np.ndarray:
     return ((current - c_mean) @ rotation + p_mean).astype(np.float32)
 
 
-def umap_per_epoch(activations, n_neighbors, min_dist, seed, on_epoch=_ignore, should_stop=_never):
-    """Independent UMAP per epoch (cuML's when installed), Procrustes-aligned to the epoch before."""
+def umap_per_epoch(activations, n_neighbors, min_dist, seed, on_epoch=_ignore, should_stop=_never, after=None):
+    """Independent UMAP per epoch (cuML's when installed), Procrustes-aligned to the epoch before.
+
+    With ``after``, the first epoch is aligned to ``after.layout``.
+    """
     cuml = cuml_module()
     if cuml is None:
         from umap import UMAP
     n_epochs, n_samples = activations.shape[:2]
     out = np.full((n_epochs, n_samples, 2), np.nan, dtype=np.float32)
+    previous = None if after is None else after.layout
     for epoch, x in enumerate(activations):
         if should_stop():
             raise Stopped
@@ -417,34 +464,41 @@ def umap_per_epoch(activations, n_neighbors, min_dist, seed, on_epoch=_ignore, s
             else:
                 model = UMAP(n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1)
             out[epoch, r] = np.asarray(model.fit_transform(data), dtype=np.float32)
-            if epoch:
-                out[epoch] = _procrustes_onto(out[epoch - 1], out[epoch])
+            if previous is not None:
+                out[epoch] = _procrustes_onto(previous, out[epoch])
+        previous = out[epoch]
         on_epoch(epoch, out[epoch])
     return out, "cuml" if cuml is not None else "umap-learn"
 
 
-def pca_per_epoch(activations, n_neighbors, min_dist, seed, on_epoch=_ignore, should_stop=_never):
-    """First two principal components of each epoch, Procrustes-aligned to the epoch before."""
+def pca_per_epoch(activations, n_neighbors, min_dist, seed, on_epoch=_ignore, should_stop=_never, after=None):
+    """First two principal components of each epoch, Procrustes-aligned to the epoch before.
+
+    With ``after``, the first epoch is aligned to ``after.layout``.
+    """
     from sklearn.decomposition import PCA
 
     n_epochs, n_samples = activations.shape[:2]
     out = np.full((n_epochs, n_samples, 2), np.nan, dtype=np.float32)
+    previous = None if after is None else after.layout
     for epoch, x in enumerate(activations):
         if should_stop():
             raise Stopped
         r = np.flatnonzero(np.isfinite(x).all(axis=1))
         if len(r) >= 3 and x.shape[1] >= 2:
             out[epoch, r] = PCA(n_components=2, random_state=seed).fit_transform(x[r]).astype(np.float32)
-            if epoch:
-                out[epoch] = _procrustes_onto(out[epoch - 1], out[epoch])
+            if previous is not None:
+                out[epoch] = _procrustes_onto(previous, out[epoch])
+        previous = out[epoch]
         on_epoch(epoch, out[epoch])
     return out, "scikit-learn"
 
 
+# Keyed by ReduceParams.METHODS (tests/test_reduce.py keeps the two in step).
 METHODS: dict[str, Callable] = {
     "anchored-umap": anchored_umap,
     "aligned-umap": aligned_umap,
     "umap": umap_per_epoch,
     "pca": pca_per_epoch,
 }
-DEFAULT_METHOD = "anchored-umap"
+DEFAULT_METHOD = ReduceParams.DEFAULT.method

@@ -5,31 +5,35 @@ sample, xy)`` and stores it beside the run::
 
     <run>/embeddings/<key>.nc      one file per parameter set
 
-The methods themselves live in :mod:`neuromapper.methods` (the default ``anchored-umap``, the
-reference ``aligned-umap``, ``umap`` per epoch and ``pca``), the quality figures in
-:mod:`neuromapper.quality`, the hand-written layout optimiser in :mod:`neuromapper.layout`.
-This module handles what is around them: parameters, the cache, storage, parallelism over
-layers, progress and cancellation.
+What is computed is one :class:`~neuromapper.reduce_params.ReduceParams` (method, ``n_neighbors``,
+``min_dist``, ``per_class``, ``seed``, ``layers``: defaults, bounds, canonical values and the
+storage key, in :mod:`neuromapper.reduce_params`); the embedding files are part of the run's
+on-disk schema and are written, read, listed and looked up by :mod:`neuromapper.store`
+(:func:`~neuromapper.store.write_embedding`, :func:`~neuromapper.store.load_embedding`,
+:func:`~neuromapper.store.list_embeddings`, :func:`~neuromapper.store.find_embedding`). The
+methods live in :mod:`neuromapper.methods`, the quality figures in :mod:`neuromapper.quality`,
+the layout optimiser in :mod:`neuromapper.layout`. This module does what is around them: the
+cache, growing runs, parallelism over layers, progress and cancellation.
 
-The storage key
----------------
-An embedding is a pure function of the recorded activations and its parameters (every method is
-deterministic for a given seed), so it is stored under a key derived from the parameters only:
-the first 16 hex digits of the SHA-256 of the *normalised* parameters as sorted JSON -- method
-resolved (``None`` becomes the default method's name), layers resolved to the run's names in the
-run's order, ``n_neighbors``/``per_class``/``seed`` as integers, ``min_dist`` as a float -- plus
-:data:`REDUCE_VERSION`, bumped whenever an algorithm changes its results so that stale files are
-not mistaken for current ones. Equal parameters always give the same key, in any process and on
-any machine, so several parameter sets live side by side and survive restarts, and a lookup
-(:func:`find_embedding`) is a file-exists check. How the work is done (``n_jobs``, ``client``,
-progress, cuML or not) is not part of the key; the backend used is recorded in the file.
+Equal parameters give the same key, and every method is deterministic for a given seed, so a
+stored embedding for the same parameters *is* the result: :func:`reduce` returns it without
+computing. How the work is done (``n_jobs``, ``client``, progress, cuML or not) is not part of the
+key; the backend used is recorded in the file. Writes are atomic and recorded activations are only
+ever read, so a crash or a cancelled reduction loses only the result being computed, never a
+stored one or the run.
 
-A stored embedding also records the epochs it covers; when the run has grown since (training
-went on), it no longer matches and is recomputed under the same key.
-
-Writes go through :func:`neuromapper.store.write_atomic` (temporary file, fsync, rename), and
-recorded activations are only ever read, so a crash or a cancelled reduction loses only the
-result being computed, never a stored one or the run.
+Growing runs
+------------
+A live run gains an epoch file at a time. When the stored embedding for the same parameters
+covers the first epochs of the run, :func:`reduce` lays out only the new epochs, carrying on from
+the last stored layout (:class:`neuromapper.methods.Continuation`), and stores the extended
+embedding under the same key: the stored coordinates and figures of the earlier epochs are kept
+as they are, byte for byte, trustworthiness and disparity are computed for the new epochs (the
+first new one's disparity against the last stored layout), and progress counts only the new
+(layer, epoch) units. For ``anchored-umap`` (with exact neighbour search) the result equals a
+reduction of all epochs at once. ``aligned-umap`` optimises all epochs jointly and cannot carry
+on: its embedding is recomputed for every epoch. A run of a single epoch is reduced without
+alignment (its disparity is NaN), by every method.
 
 Parallelism
 -----------
@@ -37,7 +41,9 @@ Layers are independent problems. With several layers and enough work, each layer
 worker process (``multiprocessing`` "spawn" pool, safe from a threaded dashboard); workers send
 per-epoch progress back through a queue and are terminated at once on cancellation. With a
 ``dask.distributed`` client, layers become tasks on the cluster, progress comes back through a
-``distributed.Queue`` and cancellation goes out through a ``distributed.Event``.
+``distributed.Queue`` and cancellation goes out through a ``distributed.Event``. Each task names
+the epochs to lay out, so a worker that opens the run after it grew further still computes what
+was asked.
 
 ``neuromapper.reduce`` is both this module and the function
 ------------------------------------------------------------
@@ -51,9 +57,7 @@ attribute access"). ``neuromapper.reduce.reduce`` is the plain function, for too
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import inspect
-import json
 import multiprocessing
 import os
 import queue as _queue
@@ -72,33 +76,31 @@ import xarray as xr
 
 from . import methods as _methods
 from . import quality as _quality
+from .reduce_params import REDUCE_VERSION, ReduceParams, check_integer
 from .store import (
-    SCHEMA_VERSION,
-    RunError,
-    compression_encoding,
+    find_embedding,
     layer_activations,
-    open_netcdf,
+    list_embeddings,
+    load_embedding,
     open_run,
-    recorded_epochs,
-    run_root,
-    write_atomic,
+    run_dir,
+    write_embedding,
 )
 
 __all__ = [
     "DEFAULT_METHOD",
     "METHODS",
+    "ReduceParams",
     "ReductionCancelled",
-    "embedding_key",
     "find_embedding",
     "list_embeddings",
     "load_embedding",
     "reduce",
 ]
 
-REDUCE_VERSION = 1
-EMBEDDING_DIR = "embeddings"
-METHODS = tuple(_methods.METHODS)
-DEFAULT_METHOD = _methods.DEFAULT_METHOD
+# The method names, read here by the dashboard; ReduceParams holds them.
+METHODS = ReduceParams.METHODS
+DEFAULT_METHOD = ReduceParams.DEFAULT.method
 # Below this many (sample x epoch) points per layer a worker process costs more than it saves.
 POOL_MIN_POINTS = 50_000
 
@@ -109,13 +111,7 @@ class ReductionCancelled(RuntimeError):
     """The reduction was cancelled through its ``cancel`` event; nothing was stored."""
 
 
-# --- parameters and the key -------------------------------------------------------------------
-
-
-def _as_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
+# --- parameters against the run ---------------------------------------------------------------
 
 
 def _open(run) -> tuple[xr.Dataset, Path]:
@@ -124,57 +120,8 @@ def _open(run) -> tuple[xr.Dataset, Path]:
     A Dataset argument stands for its directory (``attrs["path"]``): the run is opened again from
     disk, so a Dataset that was subset or modified in memory cannot disagree with what workers read.
     """
-    if isinstance(run, xr.Dataset):
-        path = run.attrs.get("path")
-        if not path:
-            raise ValueError(
-                "run: expected a run directory or a Dataset from neuromapper.open_run (with attrs['path']); "
-                "this Dataset has no 'path' attribute"
-            )
-        run = path
-    if not isinstance(run, (str, os.PathLike)):
-        raise TypeError(f"run: expected a run directory (str or Path) or a Dataset from open_run, got {type(run).__name__}")
-    root = run_root(run)
+    root = run_dir(run)
     return open_run(root), root
-
-
-def _params(ds: xr.Dataset, method, layers, n_neighbors, min_dist, per_class, seed) -> dict:
-    """Validate the parameters against the run and return them normalised (see the docstring)."""
-    method = DEFAULT_METHOD if method is None else method
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {list(METHODS)} (or None for {DEFAULT_METHOD!r}), got {method!r}")
-    recorded = [str(v) for v in ds["layer"].values]
-    if layers is None:
-        chosen = recorded
-    else:
-        wanted = [layers] if isinstance(layers, str) else list(layers)
-        if not wanted:
-            raise ValueError(f"layers: expected None (all) or a list of layer names from {recorded}, got an empty list")
-        unknown = [name for name in wanted if name not in recorded]
-        if unknown:
-            raise RunError(f"layers: {unknown} not recorded in this run; recorded layers: {recorded}")
-        chosen = [name for name in recorded if name in wanted]
-    n_neighbors = _as_int("n_neighbors", n_neighbors, 2)
-    if isinstance(min_dist, bool) or not isinstance(min_dist, (int, float, np.floating, np.integer)) or not (
-        0.0 <= float(min_dist) <= _methods.SPREAD
-    ):
-        raise ValueError(f"min_dist: expected a number from 0 to {_methods.SPREAD}, got {min_dist!r}")
-    per_class = None if per_class is None else _as_int("per_class", per_class, 1)
-    seed = _as_int("seed", seed, 0)
-    return {
-        "method": method,
-        "layers": chosen,
-        "n_neighbors": n_neighbors,
-        "min_dist": float(min_dist),
-        "per_class": per_class,
-        "seed": seed,
-    }
-
-
-def embedding_key(params: dict) -> str:
-    """The storage key of normalised ``params``: 16 hex digits of a SHA-256 (see the docstring)."""
-    text = json.dumps({**params, "version": REDUCE_VERSION}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def select_samples(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
@@ -192,111 +139,13 @@ def select_samples(labels: np.ndarray, per_class: int | None, seed: int) -> np.n
     return np.sort(np.concatenate(picked))
 
 
-def _check_sizes(params: dict, n_samples: int, epochs: Sequence[int]) -> None:
-    if len(epochs) < 2:
-        raise ValueError(
-            f"run has {len(epochs)} recorded epoch{'s' if len(epochs) != 1 else ''} ({list(epochs)}); reduce aligns "
-            "embeddings across epochs and needs at least 2: record more epochs first"
-        )
-    if params["n_neighbors"] >= n_samples:
-        what = "all" if params["per_class"] is None else f"per_class={params['per_class']}"
+def _check_sizes(params: ReduceParams, n_samples: int) -> None:
+    if params.n_neighbors >= n_samples:
+        what = "all" if params.per_class is None else f"per_class={params.per_class}"
         raise ValueError(
             f"n_neighbors: expected fewer than the {n_samples} samples being embedded ({what}), "
-            f"got {params['n_neighbors']}; lower n_neighbors or embed more samples"
+            f"got {params.n_neighbors}; lower n_neighbors or embed more samples"
         )
-
-
-# --- the cache --------------------------------------------------------------------------------
-
-
-def _embedding_path(root: Path, key: str) -> Path:
-    return root / EMBEDDING_DIR / f"{key}.nc"
-
-
-def load_embedding(run, key: str) -> xr.DataArray:
-    """The stored embedding ``key`` of ``run`` (a run directory or a Dataset from ``open_run``).
-
-    Raises
-    ------
-    FileNotFoundError
-        When no embedding is stored under ``key``; the message lists the stored keys.
-    """
-    root = _root_of(run)
-    path = _embedding_path(root, key)
-    if not path.exists():
-        stored = [info["key"] for info in list_embeddings(root)]
-        raise FileNotFoundError(f"key: no embedding {key!r} stored in {root / EMBEDDING_DIR}; stored keys: {stored}")
-    with open_netcdf(path) as stored_ds:
-        da = stored_ds["embedding"].load()
-    da.encoding = {}
-    return da
-
-
-def _root_of(run) -> Path:
-    if isinstance(run, xr.Dataset):
-        if not run.attrs.get("path"):
-            raise ValueError("run: expected a run directory or a Dataset from neuromapper.open_run; "
-                             "this Dataset has no 'path' attribute")
-        return run_root(run.attrs["path"])
-    return run_root(run)
-
-
-def list_embeddings(run) -> list[dict]:
-    """The embeddings stored beside ``run``, oldest first.
-
-    Returns
-    -------
-    list of dict
-        One per file: ``key``, ``method``, ``params`` (dict), ``layers``, ``epochs``,
-        ``created`` (ISO 8601, UTC), ``backend``, ``seconds`` (time it took) and ``path``.
-    """
-    root = _root_of(run)
-    found = []
-    for path in sorted((root / EMBEDDING_DIR).glob("*.nc")):
-        try:
-            with open_netcdf(path) as stored_ds:
-                attrs = dict(stored_ds["embedding"].attrs)
-                epochs = [int(e) for e in stored_ds["epoch"].values]
-        except (RunError, KeyError, OSError):
-            continue  # not an embedding file (or not readable): never let one file hide the others
-        params = json.loads(attrs.get("params", "{}"))
-        found.append({
-            "key": attrs.get("key", path.stem),
-            "method": attrs.get("method", ""),
-            "params": params,
-            "layers": params.get("layers", []),
-            "epochs": epochs,
-            "created": attrs.get("created", ""),
-            "backend": attrs.get("backend", ""),
-            "seconds": float(attrs.get("seconds", float("nan"))),
-            "path": str(path),
-        })
-    return sorted(found, key=lambda info: info["created"])
-
-
-def _load_if_current(root: Path, key: str, epochs: Sequence[int]) -> xr.DataArray | None:
-    path = _embedding_path(root, key)
-    if not path.exists():
-        return None
-    try:
-        da = load_embedding(root, key)
-    except (RunError, FileNotFoundError):
-        return None
-    if [int(e) for e in da["epoch"].values] != [int(e) for e in epochs]:
-        return None  # the run has grown (or shrunk) since: recompute
-    return da
-
-
-def find_embedding(
-    run, method=None, layers=None, n_neighbors=15, min_dist=0.1, per_class=None, seed=0
-) -> xr.DataArray | None:
-    """The stored embedding for these parameters if it is current, else ``None``; never computes.
-
-    Parameters are those of :func:`reduce` and are validated the same way.
-    """
-    ds, root = _open(run)
-    params = _params(ds, method, layers, n_neighbors, min_dist, per_class, seed)
-    return _load_if_current(root, embedding_key(params), recorded_epochs(root))
 
 
 # --- one layer --------------------------------------------------------------------------------
@@ -304,27 +153,40 @@ def find_embedding(
 
 @dataclass(frozen=True)
 class LayerTask:
-    """Everything a worker needs to reduce one layer (small and picklable)."""
+    """Everything a worker needs to reduce one layer (small and picklable).
+
+    ``epochs`` are the epoch numbers to lay out; with ``after_epoch``, the layout of that (stored,
+    earlier) epoch is ``after_layout`` and the method carries on from it.
+    """
 
     run: str
     layer: str
     samples: np.ndarray
+    epochs: tuple[int, ...]
     method: str
     n_neighbors: int
     min_dist: float
     seed: int
+    after_epoch: int | None = None
+    after_layout: np.ndarray | None = None
 
 
 def reduce_layer(task: LayerTask, on_epoch: Callable[[int], None] | None = None,
                  should_stop: Callable[[], bool] | None = None, run: xr.Dataset | None = None) -> dict:
-    """Reduce one layer: layouts ``(epoch, sample, 2)`` plus quality figures per epoch.
+    """Reduce one layer: layouts ``(epoch, sample, 2)`` of ``task.epochs`` plus quality figures per epoch.
 
-    ``on_epoch(i)`` is called as epoch ``i`` is laid out; ``run`` is the run already opened (in
-    this process), else it is opened from ``task.run``. Raises
+    ``on_epoch(i)`` is called as the ``i``-th epoch of ``task.epochs`` is laid out; ``run`` is the
+    run already opened (in this process), else it is opened from ``task.run``. Raises
     :class:`neuromapper.methods.Stopped` when ``should_stop()`` answers true.
     """
     ds = open_run(task.run) if run is None else run
-    activations = np.asarray(layer_activations(ds, task.layer).isel(sample=task.samples).values, dtype=np.float32)
+    recorded = layer_activations(ds, task.layer).isel(sample=task.samples)
+    activations = np.asarray(recorded.sel(epoch=list(task.epochs)).values, dtype=np.float32)
+    after = None
+    if task.after_epoch is not None:
+        index = [int(e) for e in ds["epoch"].values].index(task.after_epoch)
+        after = _methods.Continuation(index, np.asarray(recorded.sel(epoch=task.after_epoch).values, np.float32),
+                                      task.after_layout)
     method = _methods.METHODS[task.method]
     sub = _quality.trust_subsample(activations.shape[1], task.seed)
     n_epochs = activations.shape[0]
@@ -340,13 +202,14 @@ def reduce_layer(task: LayerTask, on_epoch: Callable[[int], None] | None = None,
 
         try:
             layouts, backend = method(activations, task.n_neighbors, task.min_dist, task.seed, laid_out,
-                                      should_stop or _methods._never)
+                                      should_stop or _methods._never, after)
         except BaseException:
             for future in trust.values():
                 future.cancel()  # stopped or failed: do not wait for figures nobody will read
             raise
         trust = np.array([trust[e].result() if e in trust else np.nan for e in range(n_epochs)])
-    disparity = np.array([np.nan] + [_quality.disparity(layouts[e - 1], layouts[e]) for e in range(1, n_epochs)])
+    before = [None if after is None else after.layout, *layouts[:-1]]
+    disparity = np.array([np.nan if b is None else _quality.disparity(b, y) for b, y in zip(before, layouts)])
     unplaced = np.isnan(layouts).any(axis=2).sum(axis=1).astype(np.int32)
     return {"layouts": layouts, "trustworthiness": trust, "disparity": disparity, "unplaced": unplaced,
             "backend": backend}
@@ -403,11 +266,11 @@ def _dask_task(index: int, task: LayerTask, queue_name: str, event_name: str) ->
 class _Tracker:
     """Counts finished (layer, epoch) units and reports them through ``progress``."""
 
-    def __init__(self, progress: Progress | None, tasks: list[LayerTask], n_epochs: int, epochs: Sequence[int]):
+    def __init__(self, progress: Progress | None, tasks: list[LayerTask], epochs: Sequence[int]):
         self.progress = progress
         self.tasks = tasks
         self.epochs = list(epochs)
-        self.total = len(tasks) * n_epochs
+        self.total = len(tasks) * len(epochs)
         self.done = 0
 
     def __call__(self, index: int, epoch: int) -> None:
@@ -506,18 +369,14 @@ def _run_dask(tasks, tracker, cancel: Event | None, client) -> list[dict]:
 
 def reduce(
     run,
-    method: str | None = None,
-    layers: str | Sequence[str] | None = None,
-    n_neighbors: int = 15,
-    min_dist: float = 0.1,
-    per_class: int | None = None,
-    seed: int = 0,
+    params: ReduceParams | None = None,
     *,
     progress: Progress | str | None = None,
     cancel: Event | None = None,
     client=None,
     n_jobs: int | None = None,
     force: bool = False,
+    **changes,
 ) -> xr.DataArray:
     """Embed every recorded layer in 2-D at every epoch, aligned across epochs; cached beside the run.
 
@@ -525,22 +384,20 @@ def reduce(
     ----------
     run
         A run directory, or a Dataset from :func:`neuromapper.open_run`.
-    method
-        ``"anchored-umap"`` (default, fast, see :mod:`neuromapper.methods`), ``"aligned-umap"``
-        (umap-learn's ``AlignedUMAP``, the reference), ``"umap"`` (per epoch, Procrustes-aligned)
-        or ``"pca"``.
-    layers
-        A layer name or list of names; ``None`` for all recorded layers.
-    n_neighbors, min_dist
-        UMAP's neighbourhood size (2 to the number of samples - 1) and minimum distance (0 to 1).
-    per_class
-        Embed only this many samples of each class (stratified, seeded); ``None`` for all.
-    seed
-        Seed of everything random; equal parameters give equal embeddings.
+    params
+        What to compute, a :class:`~neuromapper.ReduceParams`; default ``ReduceParams.DEFAULT``
+        (``anchored-umap``, ``n_neighbors=15``, ``min_dist=0.1``, all samples and layers, seed 0).
+    **changes
+        Fields of ``ReduceParams`` overriding ``params``: ``method`` (``"anchored-umap"``, fast,
+        see :mod:`neuromapper.methods`; ``"aligned-umap"``, umap-learn's ``AlignedUMAP``, the
+        reference; ``"umap"`` per epoch, Procrustes-aligned; ``"pca"``), ``n_neighbors``,
+        ``min_dist``, ``per_class``, ``seed``, ``layers`` (a name or names). So
+        ``reduce(run, min_dist=0.35)`` and ``reduce(run, ReduceParams(min_dist=0.35))`` are the
+        same call, and hit the same stored embedding.
     progress
         ``progress(done, total, message)``, called in the calling thread after each (layer,
-        epoch) is laid out (all epochs of a layer at once for ``aligned-umap``); or ``"tqdm"``
-        for a progress bar on stderr (what the command line shows).
+        epoch) is laid out (all epochs of a layer at once for ``aligned-umap``), counting only the
+        epochs computed now; or ``"tqdm"`` for a progress bar on stderr (what the command line shows).
     cancel
         A :class:`threading.Event`; once set, the reduction stops soon and raises
         :class:`ReductionCancelled` (worker processes are terminated at once; in this process
@@ -551,54 +408,75 @@ def reduce(
         Worker processes (one layer each). ``None``: one per layer up to the number of cores when
         the job is big enough to pay for starting processes, else this process. ``1``: this process.
     force
-        Recompute even when a current embedding is stored.
+        Recompute every epoch even when an embedding is stored.
 
     Returns
     -------
     xarray.DataArray
         ``embedding(epoch, layer, sample, xy)`` float32 (NaN for points that could not be placed),
         with coordinates ``trustworthiness(epoch, layer)``, ``disparity(epoch, layer)`` (NaN at
-        the first epoch), ``unplaced(epoch, layer)`` and attributes ``method``, ``params`` (JSON),
-        ``key``, ``backend``, ``created``, ``seconds``.
+        the first epoch), ``unplaced(epoch, layer)`` and attributes ``method``, ``params`` (JSON
+        of the resolved :class:`~neuromapper.ReduceParams`), ``key``, ``backend``, ``created``,
+        ``seconds`` (compute time, summed over extensions).
+
+    Notes
+    -----
+    When the stored embedding covers only the first epochs of the run (it grew since), only the
+    new epochs are computed, carrying on from the last stored layout, and the earlier epochs are
+    kept unchanged; ``aligned-umap`` recomputes all epochs instead (see the module docstring).
+    A run of one epoch is reduced without alignment; ``aligned-umap`` lays it out with plain UMAP.
 
     Raises
     ------
     ValueError
-        Unknown method, bad parameter, ``n_neighbors`` not below the number of samples, a run
-        with fewer than two epochs. (:class:`neuromapper.RunError`, a ``ValueError``, for a layer
-        that is not recorded or a path that is not a run.)
+        Unknown method, bad parameter, ``n_neighbors`` not below the number of samples.
+        (:class:`neuromapper.RunError`, a ``ValueError``, for a layer that is not recorded or a
+        path that is not a run.)
+    TypeError
+        ``params`` not a ``ReduceParams``, or a change that names no parameter.
     ReductionCancelled
         When ``cancel`` was set; nothing is stored.
     """
     started = time.perf_counter()
     ds, root = _open(run)
-    params = _params(ds, method, layers, n_neighbors, min_dist, per_class, seed)
+    params = ReduceParams.build(params, **changes).resolve(ds["layer"].values)
     epochs = [int(e) for e in ds["epoch"].values]
-    samples = select_samples(np.asarray(ds["label"].values), params["per_class"], params["seed"])
-    _check_sizes(params, len(samples), epochs)
-    key = embedding_key(params)
-    total = len(params["layers"]) * len(epochs)
-    if not force:
-        cached = _load_if_current(root, key, epochs)
-        if cached is not None:
-            if callable(progress):
-                progress(total, total, "loaded from cache")
-            return cached
+    samples = select_samples(np.asarray(ds["label"].values), params.per_class, params.seed)
+    _check_sizes(params, len(samples))
     if n_jobs is not None:
-        n_jobs = _as_int("n_jobs", n_jobs, 1)
-
-    if progress == "tqdm":
-        with _TqdmProgress(total, f"reduce {params['method']}") as bar:
-            return _compute(ds, root, params, key, samples, epochs, started, bar, cancel, client, n_jobs)
-    if progress is not None and not callable(progress):
+        n_jobs = check_integer("n_jobs", n_jobs, 1)
+    if progress is not None and progress != "tqdm" and not callable(progress):
         raise TypeError(f"progress: expected a callable progress(done, total, message), 'tqdm' or None, got {progress!r}")
-    return _compute(ds, root, params, key, samples, epochs, started, progress, cancel, client, n_jobs)
+
+    stored = None if force else find_embedding(ds, params, partial=True)
+    if stored is not None and stored.sizes["epoch"] == len(epochs):
+        if callable(progress):
+            total = len(params.layers) * len(epochs)
+            progress(total, total, "loaded from cache")
+        return stored
+    if stored is not None and (
+        params.method == "aligned-umap" or not np.array_equal(stored["sample"].values, ds["sample"].values[samples])
+    ):
+        stored = None  # a joint optimisation cannot carry on; other samples cannot either: recompute all
+
+    new_epochs = epochs[stored.sizes["epoch"]:] if stored is not None else epochs
+    if progress == "tqdm":
+        with _TqdmProgress(len(params.layers) * len(new_epochs), f"reduce {params.method}") as bar:
+            return _compute(ds, root, params, samples, new_epochs, stored, started, bar, cancel, client, n_jobs)
+    return _compute(ds, root, params, samples, new_epochs, stored, started, progress, cancel, client, n_jobs)
 
 
-def _compute(ds, root, params, key, samples, epochs, started, progress, cancel, client, n_jobs) -> xr.DataArray:
-    tasks = [LayerTask(str(root), layer, samples, params["method"], params["n_neighbors"], params["min_dist"],
-                       params["seed"]) for layer in params["layers"]]
-    tracker = _Tracker(progress, tasks, len(epochs), epochs)
+def _compute(ds, root, params, samples, epochs, stored, started, progress, cancel, client, n_jobs) -> xr.DataArray:
+    """Lay out ``epochs`` (after those of ``stored``, if any), store the whole embedding, return it."""
+    key = params.key(params.layers)
+    after_epoch = None if stored is None else int(stored["epoch"].values[-1])
+    tasks = [
+        LayerTask(str(root), layer, samples, tuple(epochs), params.method, params.n_neighbors, params.min_dist,
+                  params.seed, after_epoch,
+                  None if stored is None else stored.sel(layer=layer, epoch=after_epoch).values)
+        for layer in params.layers
+    ]
+    tracker = _Tracker(progress, tasks, epochs)
     if n_jobs is None:
         big = len(samples) * len(epochs) >= POOL_MIN_POINTS
         n_jobs = min(len(tasks), os.cpu_count() or 1) if big else 1
@@ -615,9 +493,9 @@ def _compute(ds, root, params, key, samples, epochs, started, progress, cancel, 
         raise ReductionCancelled(f"reduction {key} of {root} cancelled; nothing was stored")
 
     da = _assemble(ds, params, key, samples, epochs, results, time.perf_counter() - started)
-    stored = da.to_dataset()
-    stored.attrs = {"neuromapper_schema": SCHEMA_VERSION}
-    write_atomic(stored, _embedding_path(root, key), compression_encoding(stored, 1))
+    if stored is not None:
+        da = _extend(stored, da)
+    write_embedding(root, da)
     return load_embedding(root, key)
 
 
@@ -646,14 +524,12 @@ def _assemble(ds, params, key, samples, epochs, results, seconds) -> xr.DataArra
     def per_layer(name, dtype):
         return (("epoch", "layer"), np.stack([r[name] for r in results], axis=1).astype(dtype))
 
-    backends = sorted({r["backend"] for r in results})
-    public = {k: params[k] for k in ("method", "n_neighbors", "min_dist", "per_class", "seed", "layers")}
     return xr.DataArray(
         layouts,
         dims=("epoch", "layer", "sample", "xy"),
         coords={
             "epoch": np.asarray(epochs, dtype=np.int64),
-            "layer": np.array(params["layers"], dtype=str),
+            "layer": np.array(params.layers, dtype=str),
             "sample": ds["sample"].values[samples],
             "xy": np.array(["x", "y"]),
             "trustworthiness": per_layer("trustworthiness", np.float64),
@@ -662,10 +538,10 @@ def _assemble(ds, params, key, samples, epochs, results, seconds) -> xr.DataArra
         },
         name="embedding",
         attrs={
-            "method": params["method"],
-            "params": json.dumps(public),
+            "method": params.method,
+            "params": params.to_json(),
             "key": key,
-            "backend": ",".join(backends),
+            "backend": ",".join(sorted({r["backend"] for r in results})),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "seconds": float(seconds),
             "trust_k": _quality.TRUST_K,
@@ -673,6 +549,15 @@ def _assemble(ds, params, key, samples, epochs, results, seconds) -> xr.DataArra
             "reduce_version": REDUCE_VERSION,
         },
     )
+
+
+def _extend(stored: xr.DataArray, new: xr.DataArray) -> xr.DataArray:
+    """``stored`` followed by the epochs of ``new``; the stored values are copied as they are."""
+    whole = xr.concat([stored, new], dim="epoch", coords="different", compat="equals", join="exact")
+    backends = {b for b in (stored.attrs.get("backend", "") + "," + new.attrs["backend"]).split(",") if b}
+    whole.attrs = {**new.attrs, "backend": ",".join(sorted(backends)),
+                   "seconds": float(stored.attrs.get("seconds", 0.0)) + new.attrs["seconds"]}
+    return whole
 
 
 class _CallableModule(types.ModuleType):

@@ -58,6 +58,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from .reduce_params import KEY_LENGTH, ReduceParams
+
 SCHEMA_VERSION = 1
 RUN_FILE = "run.nc"
 EPOCH_DIR = "epochs"
@@ -437,3 +439,185 @@ def layer_activations(ds: xr.Dataset, layer: str) -> xr.DataArray:
 def json_attr(ds: xr.Dataset, name: str) -> dict:
     """Decode a JSON-string attribute (``model``, ``hyperparameters``) into a dict."""
     return json.loads(ds.attrs.get(name, "{}"))
+
+
+# --- embeddings -------------------------------------------------------------------------------
+# <run>/embeddings/<key>.nc holds one DataArray ``embedding(epoch, layer, sample, xy)`` float32
+# with coordinates trustworthiness/disparity/unplaced(epoch, layer) and attributes method, params
+# (ReduceParams.to_json()), key, backend, created, seconds, written by neuromapper.reduce. The key
+# is a function of the parameters only (see neuromapper.reduce_params), so one file per parameter
+# set; the epochs it covers are read from the file and compared with the run's here, which is
+# what makes a stored embedding current, partial (the run grew since) or stale.
+
+EMBEDDING_DIR = "embeddings"
+_KEY_PATTERN = re.compile(rf"^[0-9a-f]{{{KEY_LENGTH}}}$")
+
+
+def run_dir(run) -> Path:
+    """The directory of ``run``: a run directory, or a Dataset from :func:`open_run` (its ``attrs["path"]``).
+
+    Raises
+    ------
+    TypeError
+        When ``run`` is neither a path nor a Dataset.
+    ValueError
+        When a Dataset has no ``path`` attribute.
+    RunError
+        When the directory is not a run.
+    """
+    if isinstance(run, xr.Dataset):
+        if not run.attrs.get("path"):
+            raise ValueError("run: expected a run directory or a Dataset from neuromapper.open_run (with "
+                             "attrs['path']); this Dataset has no 'path' attribute")
+        run = run.attrs["path"]
+    if not isinstance(run, (str, os.PathLike)):
+        raise TypeError(f"run: expected a run directory (str or Path) or a Dataset from open_run, got {type(run).__name__}")
+    return run_root(run)
+
+
+def embedding_file(run, key: str) -> Path:
+    """Where the embedding ``key`` of ``run`` is (or would be) stored; ``key`` is validated first.
+
+    Raises
+    ------
+    ValueError
+        When ``key`` is not 16 lowercase hex digits (a key typed by a user must never name a
+        path outside the run, e.g. ``"../../x"``).
+    """
+    if not isinstance(key, str) or not _KEY_PATTERN.match(key):
+        raise ValueError(f"key: expected {KEY_LENGTH} lowercase hexadecimal digits (as `neuromapper info` lists them), got {key!r}")
+    return run_dir(run) / EMBEDDING_DIR / f"{key}.nc"
+
+
+def write_embedding(run, embedding: xr.DataArray) -> Path:
+    """Store ``embedding`` (from :func:`neuromapper.reduce`) under its ``key`` attribute, atomically.
+
+    An embedding stored under the same key is replaced; a crash leaves the old file or the new one.
+    """
+    path = embedding_file(run, embedding.attrs.get("key"))
+    stored = embedding.rename("embedding").to_dataset()
+    stored.attrs = {"neuromapper_schema": SCHEMA_VERSION}
+    return write_atomic(stored, path, compression_encoding(stored, 1))
+
+
+def _read_embedding(path: Path) -> xr.DataArray:
+    with HDF5_GUARD, open_netcdf(path) as stored:
+        if "embedding" not in stored.data_vars:
+            raise RunError(f"{path} is not an embedding file (it has no 'embedding' variable)")
+        try:
+            da = stored["embedding"].load()
+        except (OSError, RuntimeError, ValueError) as exc:  # damaged data past a readable header
+            raise RunError(f"{path} is truncated or corrupt: {type(exc).__name__}: {exc}") from exc
+    da.encoding = {}
+    return da
+
+
+def load_embedding(run, key: str) -> xr.DataArray:
+    """The embedding stored under ``key`` beside ``run`` (a run directory or a Dataset from :func:`open_run`).
+
+    Raises
+    ------
+    ValueError
+        When ``key`` is not a key (see :func:`embedding_file`).
+    FileNotFoundError
+        When no embedding is stored under ``key``; the message lists the stored keys.
+    RunError
+        When the file is truncated, corrupt or not an embedding; the message names the file.
+    """
+    path = embedding_file(run, key)
+    if not path.exists():
+        stored = [info["key"] for info in list_embeddings(run)]
+        raise FileNotFoundError(f"key: no embedding {key!r} stored in {path.parent}; stored keys: {stored}")
+    try:
+        return _read_embedding(path)
+    except RunError as exc:
+        raise RunError(f"key: the embedding {key!r} cannot be read ({exc}); delete {path} or recompute it "
+                       "with `neuromapper reduce --force`") from exc
+
+
+def list_embeddings(run) -> list[dict]:
+    """The embeddings stored beside ``run``, oldest first; unreadable files are left out.
+
+    Returns
+    -------
+    list of dict
+        One per file: ``key``, ``method``, ``params`` (dict), ``layers``, ``epochs``,
+        ``created`` (ISO 8601, UTC), ``backend``, ``seconds`` (time it took) and ``path``.
+    """
+    found = []
+    for path in sorted((run_dir(run) / EMBEDDING_DIR).glob("*.nc")):
+        if not _KEY_PATTERN.match(path.stem):
+            continue
+        try:
+            with HDF5_GUARD, open_netcdf(path) as stored:
+                attrs = dict(stored["embedding"].attrs)
+                epochs = [int(e) for e in stored["epoch"].values]
+        except (RunError, KeyError, OSError):
+            continue  # corrupt, or not an embedding: never let one file hide the others
+        params = json.loads(attrs.get("params", "{}"))
+        found.append({
+            "key": path.stem,
+            "method": attrs.get("method", ""),
+            "params": params,
+            "layers": params.get("layers", []),
+            "epochs": epochs,
+            "created": attrs.get("created", ""),
+            "backend": attrs.get("backend", ""),
+            "seconds": float(attrs.get("seconds", float("nan"))),
+            "path": str(path),
+        })
+    return sorted(found, key=lambda info: info["created"])
+
+
+def find_embedding(run, params: ReduceParams | None = None, *, partial: bool = False, **changes) -> xr.DataArray | None:
+    """The stored embedding for these parameters, or ``None``; never computes.
+
+    Parameters
+    ----------
+    run
+        A run directory, or a Dataset from :func:`open_run`: then "the recorded epochs" are the
+        Dataset's, so the answer agrees with what the caller has open.
+    params
+        A :class:`~neuromapper.ReduceParams`; default ``ReduceParams.DEFAULT``.
+    partial
+        ``False``: only an embedding that covers every recorded epoch. ``True``: also one that
+        covers the first epochs only (the run grew since it was computed), which a viewer can
+        show while :func:`neuromapper.reduce` extends it; compare its ``epoch`` coordinate with
+        the run's to tell.
+    **changes
+        Fields of ``ReduceParams`` that override ``params``, e.g. ``method="pca"``.
+
+    Returns
+    -------
+    xarray.DataArray or None
+        As :func:`neuromapper.reduce` returns it. An embedding stored for more epochs than
+        ``run`` shows (a Dataset opened before the run grew) is cut to the epochs ``run`` shows.
+        ``None`` when nothing matching is stored, or the stored file is unreadable or disagrees
+        with the run's epochs.
+    """
+    params = ReduceParams.build(params, **changes)
+    root = run_dir(run)
+    if isinstance(run, xr.Dataset):
+        layers, recorded = run["layer"].values, [int(e) for e in run["epoch"].values]
+    else:
+        with HDF5_GUARD, open_netcdf(root / RUN_FILE) as static:
+            layers = static["layer"].values
+        recorded = recorded_epochs(root)
+    path = embedding_file(root, params.key(layers))
+    if not path.exists():
+        return None
+    try:
+        da = _read_embedding(path)
+    except RunError:
+        return None  # unreadable: as if absent, so that reduce() writes a good one over it
+    stored = [int(e) for e in da["epoch"].values]
+    common = 0
+    for mine, theirs in zip(stored, recorded):
+        if mine != theirs:
+            break
+        common += 1
+    if recorded and common == len(recorded):
+        return da if len(stored) == common else da.isel(epoch=slice(0, common))
+    if partial and 0 < common == len(stored):
+        return da
+    return None

@@ -9,14 +9,16 @@ import base64
 import io
 import json
 import re
+import shutil
 
+import netCDF4
 import numpy as np
 import pytest
 import xarray as xr
 from PIL import Image
 
 import neuromapper
-from neuromapper import export, open_run
+from neuromapper import export, open_run, store
 from neuromapper.export import Estimate, choose_strategy, export_html
 from neuromapper.scene import CORRECTNESS_COLORS, ViewState, class_palette
 from neuromapper.synthetic import make_synthetic_run
@@ -254,30 +256,109 @@ def test_thumbnails_of_a_real_run_for_hover(small_run, tmp_path):
     assert no_thumbs["points"]["thumbnails"] is None
 
 
-def test_default_embedding_is_the_newest_stored_or_computed(tmp_path):
+def test_export_never_reduces_and_takes_the_default_embedding(tmp_path, monkeypatch):
+    from neuromapper import methods
+
     run = make_synthetic_run(tmp_path / "run", n_samples=200, n_epochs=3, n_layers=1, dims=16)
-    first = page_data(export_html(run, tmp_path / "a.html", width=128, progress=True))
-    stored = neuromapper.list_embeddings(run)
-    assert len(stored) == 1 and first["key"] == stored[0]["key"]  # computed by reduce(run) and kept
-    newer = neuromapper.reduce(run, method="pca", n_neighbors=5)
-    second = page_data(export_html(run, tmp_path / "b.html", width=128, progress=False))
-    assert second["key"] == newer.attrs["key"] != first["key"] and second["method"] == "pca"
+    other = neuromapper.reduce(run, method="pca", n_neighbors=5)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("export started a reduction")
+
+    for name in methods.METHODS:
+        monkeypatch.setitem(methods.METHODS, name, must_not_run)
+    # only a non-default embedding is stored: say how to make the default one (or pick the stored one)
+    message = rf"embedding: none given, .*`neuromapper reduce {run}`.*--embedding KEY.*stored keys: \['{other.attrs['key']}'\]"
+    with pytest.raises(FileNotFoundError, match=message):
+        export_html(run, tmp_path / "a.html", progress=False)
+    assert not (tmp_path / "a.html").exists()
+    monkeypatch.undo()
+    default = neuromapper.reduce(run)
+    for name in methods.METHODS:
+        monkeypatch.setitem(methods.METHODS, name, must_not_run)
+    data = page_data(export_html(run, tmp_path / "b.html", width=128, progress=False))
+    assert data["key"] == default.attrs["key"] and data["method"] == "anchored-umap" and data["coverage"] is None
+
+
+def _grow(run, as_epoch: int) -> None:
+    """The recorder writes another epoch (a copy of the last one's data, as epoch ``as_epoch``)."""
+    last = store.recorded_epochs(run)[-1]
+    shutil.copy(store.epoch_file(run, last), store.epoch_file(run, as_epoch))
+    with netCDF4.Dataset(store.epoch_file(run, as_epoch), "a") as nc:
+        nc["epoch"][:] = [as_epoch]
+
+
+def test_a_run_that_grew_exports_the_epochs_its_embedding_covers_and_says_so(tmp_path, capsys):
+    from neuromapper.cli import main
+
+    run = make_synthetic_run(tmp_path / "run", n_samples=200, n_epochs=3, n_layers=1, dims=16)
+    neuromapper.reduce(run)
+    _grow(run, 3)
+    assert open_run(run)["epoch"].values.tolist() == [0, 1, 2, 3]
+    out = tmp_path / "snap.html"
+    assert main(["export", str(run), "-o", str(out), "--width", "128"]) == 0
+    printed = capsys.readouterr().out
+    note = "the embedding covers 3 of the 4 recorded epochs; epochs [3] were recorded after it was computed"
+    assert f"note: {note}" in printed and f"neuromapper reduce {run}" in printed
+    data = page_data(out)
+    assert data["epochs"] == [0, 1, 2] and data["coverage"].startswith(note)
+    assert 'id="nm-coverage"' in out.read_text(encoding="utf-8")
+
+
+def test_export_of_a_run_opened_before_it_grew(tmp_path):
+    """A Dataset opened at epoch 2, while the recorder writes epoch 3 and a reduce extends the embedding."""
+    run = make_synthetic_run(tmp_path / "run", n_samples=200, n_epochs=3, n_layers=1, dims=16)
+    neuromapper.reduce(run)
+    opened = open_run(run)
+    _grow(run, 3)
+    assert neuromapper.reduce(run)["epoch"].values.tolist() == [0, 1, 2, 3]
+    data = page_data(export_html(opened, tmp_path / "s.html", width=128, progress=False))
+    assert data["epochs"] == [0, 1, 2] and data["coverage"] is None
+
+
+def test_export_while_an_epoch_file_appears(tmp_path, monkeypatch):
+    """The embedding is looked up before the run is opened, so the opened run holds all its epochs."""
+    run = make_synthetic_run(tmp_path / "run", n_samples=200, n_epochs=3, n_layers=1, dims=16)
+    neuromapper.reduce(run)
+    real_open = export.open_run
+
+    def open_while_growing(path, *args, **kwargs):
+        _grow(run, 3)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(export, "open_run", open_while_growing)
+    data = page_data(export_html(run, tmp_path / "s.html", width=128, progress=False))
+    assert data["epochs"] == [0, 1, 2] and "covers 3 of the 4 recorded epochs" in data["coverage"]
+
+
+def test_a_single_epoch_run_is_exported(tmp_path):
+    run = make_synthetic_run(tmp_path / "one", n_samples=200, n_epochs=1, n_layers=2, dims=16)
+    neuromapper.reduce(run)
+    for strategy in ("points", "images"):
+        data = page_data(export_html(run, tmp_path / f"{strategy}.html", width=128, strategy=strategy, progress=False))
+        assert data["epochs"] == [0] and data["layers"] == ["layer0", "layer1"] and data["strategy"]["name"] == strategy
+        assert len(data["trustworthiness"]["layer0"]) == 1 and data["coverage"] is None
 
 
 def test_cli_export(tmp_path, capsys):
     from neuromapper.cli import main
 
     run = make_synthetic_run(tmp_path / "run", n_samples=200, n_epochs=3, n_layers=2, dims=16)
-    neuromapper.reduce(run, method="pca")
+    assert main(["export", str(run), "-o", str(tmp_path / "none.html")]) == 2
+    err = capsys.readouterr().err
+    assert "neuromapper export: error: embedding: none given" in err and f"`neuromapper reduce {run}`" in err
+    key = neuromapper.reduce(run, method="pca").attrs["key"]
+    assert main(["export", str(run), "-o", str(tmp_path / "bad.html"), "--embedding", "../../x"]) == 2
+    assert "neuromapper export: error: key: expected 16 lowercase hexadecimal digits" in capsys.readouterr().err
     out = tmp_path / "snap.html"
     code = main(["export", str(run), "-o", str(out), "--layers", "layer1", "--epochs", "0,2", "--width", "200",
-                 "--strategy", "points"])
+                 "--strategy", "points", "--embedding", key])
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert str(out) in printed.out and "points strategy" in printed.out and "MB" in printed.out
     data = page_data(out)
     assert data["layers"] == ["layer1"] and data["epochs"] == [0, 2] and data["width"] == 200
-    assert main(["export", str(run), "-o", str(tmp_path / "bad.html"), "--layers", "nope"]) == 2
+    assert main(["export", str(run), "-o", str(tmp_path / "bad.html"), "--layers", "nope", "--embedding", key]) == 2
     err = capsys.readouterr().err
     assert "neuromapper export: error: layers: ['nope'] not in the embedding" in err and "Traceback" not in err
     assert not (tmp_path / "bad.html").exists()

@@ -72,6 +72,75 @@ def test_info_json_of_a_recorded_run(small_run):
     assert "epochs     4 (0-3)" in text and "conv2 (16)" in text
 
 
+HEAVY = ("torch", "numba", "umap", "panel", "sklearn", "datashader")
+LOADED = f"import sys; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+
+
+def test_import_neuromapper_loads_nothing_heavy():
+    """``import neuromapper`` pays for numpy and xarray only; the rest is imported on first use."""
+    result = subprocess.run([sys.executable, "-c", f"import neuromapper; {LOADED}"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    lazy = ("import neuromapper; assert neuromapper.reduce.__name__ == 'neuromapper.reduce'; "
+            "assert neuromapper.Recorder.__name__ == 'Recorder'; assert callable(neuromapper.export_html); "
+            "assert issubclass(neuromapper.ReductionCancelled, RuntimeError); "
+            "assert {'Recorder', 'reduce', 'export_html'} <= set(dir(neuromapper)); " + LOADED)
+    result = subprocess.run([sys.executable, "-c", lazy], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert {"'numba'", "'torch'"} <= set(result.stdout.strip("[]\n").split(", "))  # loaded when asked for
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["reduce", "--help"], ["demo", "--help"]])
+def test_cli_help_is_instant_and_imports_nothing_heavy(argv):
+    code = ("import sys; from neuromapper.cli import main\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit as exc:\n    print('exit', exc.code)\n" + LOADED)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-2:] == ["exit 0", "[]"], result.stdout
+    assert "usage: neuromapper" in result.stdout
+
+
+def test_cli_options_come_from_the_library():
+    from neuromapper import ReduceParams
+    from neuromapper.cli import DEMO_DATASETS, build_parser
+    from neuromapper.data import DATASETS
+
+    assert DEMO_DATASETS == DATASETS
+    args = build_parser().parse_args(["reduce", "run"])
+    assert ReduceParams(method=args.method, n_neighbors=args.n_neighbors, min_dist=args.min_dist, layers=args.layers,
+                        per_class=args.per_class, seed=args.seed) == ReduceParams.DEFAULT
+
+
+def test_info_on_a_run_that_grows_meanwhile(small_run, tmp_path, monkeypatch, capsys):
+    """An epoch file written while ``info`` runs is left for the next call; a stale embedding says so."""
+    import shutil
+
+    import netCDF4
+
+    from neuromapper import cli, reduce, store
+
+    run = shutil.copytree(small_run, tmp_path / "run")
+    reduce(run, method="pca")
+    real_open = store.open_run
+
+    def open_then_grow(path, *args, **kwargs):
+        ds = real_open(path, *args, **kwargs)
+        shutil.copy(store.epoch_file(run, 3), store.epoch_file(run, 4))
+        with netCDF4.Dataset(store.epoch_file(run, 4), "a") as nc:
+            nc["epoch"][:] = [4]
+        return ds
+
+    monkeypatch.setattr(store, "open_run", open_then_grow)
+    assert cli.main(["info", str(run), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["epochs"] == [0, 1, 2, 3] and info["embeddings"][0]["current"] is True
+    monkeypatch.undo()
+    assert cli.main(["info", str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert "epochs     5 (0-4)" in printed
+    assert f"STALE: covers epochs 0-3 of epochs 0-4; `neuromapper reduce {run}` with these parameters extends it" in printed
+
+
 def test_info_on_a_folder_that_is_not_a_run(tmp_path):
     result = _cli("info", str(tmp_path))
     assert result.returncode == 2

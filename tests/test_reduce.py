@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import types
 
 import numpy as np
@@ -20,7 +21,7 @@ import pytest
 import xarray as xr
 
 import neuromapper
-from neuromapper import RunError, layer_activations, open_run, store
+from neuromapper import ReduceParams, RunError, layer_activations, open_run, store
 from neuromapper import methods as M
 from neuromapper.layout import fuzzy_graph, neighbour_overlap, optimize_layout
 from neuromapper.quality import disparity, trustworthiness
@@ -217,17 +218,68 @@ def test_cache_hit_returns_without_recomputing_and_parameter_sets_live_side_by_s
         neuromapper.reduce(drift_run, method="pca", n_jobs=1, force=True)
 
 
-def test_cache_survives_a_restart_and_a_grown_run_is_recomputed(drift_run):
+def test_cache_survives_a_restart_and_a_grown_run_is_extended(drift_run):
     emb = neuromapper.reduce(drift_run, method="pca", n_jobs=1)
     code = ("import neuromapper, sys; e = neuromapper.find_embedding(sys.argv[1], method='pca'); "
             "print(e.attrs['key'] if e is not None else None)")
     fresh = subprocess.run([sys.executable, "-c", code, str(drift_run)], capture_output=True, text=True, check=True)
     assert fresh.stdout.strip() == emb.attrs["key"]
-    # training goes on: epoch 5 is recorded, the stored embedding no longer covers the run
+    # training goes on: epoch 5 is recorded, the stored embedding covers only the first epochs
     _rewrite_epoch(drift_run, 4, as_epoch=5)
     assert neuromapper.find_embedding(drift_run, method="pca") is None
-    grown = neuromapper.reduce(drift_run, method="pca", n_jobs=1)
+    xr.testing.assert_identical(neuromapper.find_embedding(drift_run, method="pca", partial=True), emb)
+    seen = []
+    grown = neuromapper.reduce(drift_run, method="pca", n_jobs=1, progress=lambda *a: seen.append(a))
     assert grown.attrs["key"] == emb.attrs["key"] and grown["epoch"].values.tolist() == [0, 1, 2, 3, 4, 5]
+    assert seen == [(1, 2, "layer layer0, epoch 5"), (2, 2, "layer layer1, epoch 5")]  # only the new work
+    xr.testing.assert_identical(grown.isel(epoch=slice(0, 5)).drop_attrs(), emb.drop_attrs())
+    # the new epoch is aligned with the last stored one, as a reduction of all six would have done
+    full = neuromapper.reduce(drift_run, method="pca", n_jobs=1, force=True)
+    np.testing.assert_array_equal(grown.values, full.values)
+    np.testing.assert_array_equal(grown["disparity"].values, full["disparity"].values)
+
+
+@pytest.fixture(scope="module")
+def live_master(tmp_path_factory):
+    """1,500 samples over 8 epochs, 1 layer: enough work that the cost of an epoch shows."""
+    return make_synthetic_run(tmp_path_factory.mktemp("reduce") / "live", n_samples=1500, n_epochs=8, n_layers=1,
+                              n_classes=5, dims=24, seed=4)
+
+
+def test_a_live_run_that_grows_is_extended_fast_and_keeps_its_earlier_frames(live_master, tmp_path):
+    run = shutil.copytree(live_master, tmp_path / "live")
+    held_back = tmp_path / "epoch-7.nc"
+    store.epoch_file(run, 7).rename(held_back)  # the recorder has not written epoch 7 yet
+    before = neuromapper.reduce(run, n_jobs=1)
+    stored_bytes = {name: before[name].values.tobytes() for name in ("trustworthiness", "disparity", "unplaced")}
+    held_back.rename(store.epoch_file(run, 7))  # ...now it has
+    seen = []
+    started = time.perf_counter()
+    grown = neuromapper.reduce(run, n_jobs=1, progress=lambda *a: seen.append(a))
+    incremental = time.perf_counter() - started
+    assert seen == [(1, 1, "layer layer0, epoch 7")]
+    assert grown["epoch"].values.tolist() == list(range(8)) and grown.attrs["key"] == before.attrs["key"]
+    assert np.array_equal(grown.values[:7], before.values)  # earlier frames untouched, bit for bit
+    assert {name: grown[name].values[:7].tobytes() for name in stored_bytes} == stored_bytes
+    assert np.isfinite(grown["trustworthiness"].values[7]).all() and np.isfinite(grown["disparity"].values[7]).all()
+    started = time.perf_counter()
+    full = neuromapper.reduce(run, n_jobs=1, force=True)
+    recomputed = time.perf_counter() - started
+    # exact neighbour search: carrying on gives what the whole loop gives
+    np.testing.assert_array_equal(grown.values, full.values)
+    np.testing.assert_array_equal(grown["trustworthiness"].values, full["trustworthiness"].values)
+    assert incremental < recomputed / 2.5, (incremental, recomputed)
+
+
+def test_a_single_epoch_run_is_reduced_by_every_method_without_alignment(tmp_path):
+    one = make_synthetic_run(tmp_path / "one", n_samples=200, n_epochs=1, n_layers=1, n_classes=4, dims=16)
+    for method in neuromapper.ReduceParams.METHODS:
+        emb = neuromapper.reduce(one, method=method, n_jobs=1)
+        assert emb.sizes == {"epoch": 1, "layer": 1, "sample": 200, "xy": 2}, method
+        assert np.isfinite(emb.values).all() and np.isnan(emb["disparity"].values).all(), method
+        assert float(emb["trustworthiness"].min()) > 0.8, method
+        if method == "aligned-umap":
+            assert emb.attrs["backend"] in {"umap-learn", "cuml"}  # plain UMAP: nothing to align
 
 
 def _digest(folder) -> dict:
@@ -355,31 +407,100 @@ def test_module_is_callable_and_importable():
     import neuromapper.reduce as reduction
 
     assert reduction is neuromapper.reduce and callable(reduction)
-    assert reduction.find_embedding is neuromapper.find_embedding
+    assert reduction.find_embedding is neuromapper.find_embedding is store.find_embedding
     assert reduction.ReductionCancelled is neuromapper.ReductionCancelled
-    assert set(reduction.METHODS) == {"anchored-umap", "aligned-umap", "umap", "pca"}
+    assert tuple(M.METHODS) == ReduceParams.METHODS == reduction.METHODS == ("anchored-umap", "aligned-umap", "umap", "pca")
+    assert M.DEFAULT_METHOD == reduction.DEFAULT_METHOD == ReduceParams.DEFAULT.method
 
 
-def test_clear_errors(drift_run, tmp_path):
-    with pytest.raises(ValueError, match=r"n_neighbors: expected fewer than the 600 samples"):
+# --- parameters ---------------------------------------------------------------------------------
+
+
+def test_params_are_canonical_bounded_and_keyed():
+    stepped = ReduceParams(min_dist=0.1 + 0.05 * 5)  # 0.35000000000000003, what a slider gives
+    assert stepped == ReduceParams(min_dist=0.3499999999999999) == ReduceParams(min_dist=0.35)
+    assert stepped.min_dist == 0.35 and repr(stepped.min_dist) == "0.35"
+    assert stepped.key(["a"]) == ReduceParams(min_dist=0.35).key(["a"])
+    widget = ReduceParams(n_neighbors=np.int64(20), per_class=np.int32(50), seed=np.uint8(3), min_dist=np.float32(0.2),
+                          method=None, layers="fc")
+    assert widget == ReduceParams(n_neighbors=20, per_class=50, seed=3, min_dist=0.2, layers=("fc",))
+    assert type(widget.n_neighbors) is int and type(widget.min_dist) is float
+    assert ReduceParams(**widget.as_kwargs()) == widget and hash(widget) == hash(ReduceParams(**widget.as_kwargs()))
+    # the key NeuroMapper 0.1.0 gave the default parameters: embeddings stored by it are still found
+    assert ReduceParams.DEFAULT.key(["layer0", "layer1"]) == "b5cc8bd4e29feb96"
+    # layers: None and every layer are one key; the run's order, not the caller's
+    assert ReduceParams(layers=["layer1", "layer0"]).key(["layer0", "layer1"]) == "b5cc8bd4e29feb96"
+    assert ReduceParams(layers=["b", "a"]).resolve(["a", "b", "c"]).layers == ("a", "b")
+    assert ReduceParams(layers=["a"]).key(["a", "b"]) != ReduceParams().key(["a", "b"])
+    assert ReduceParams.BOUNDS == {"n_neighbors": (2, 200), "min_dist": (0.0, 0.99)}
+    assert ReduceParams.MIN_DIST_STEP == 0.05 and ReduceParams.DEFAULT == ReduceParams()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n_neighbors": 1}, r"n_neighbors: expected an integer from 2 to 200, got 1"),
+        ({"n_neighbors": 201}, r"n_neighbors: expected an integer from 2 to 200, got 201"),
+        ({"n_neighbors": 15.0}, r"n_neighbors: .* got 15.0"),
+        ({"min_dist": 1.0}, r"min_dist: expected a number from 0.0 to 0.99, got 1.0"),
+        ({"min_dist": True}, r"min_dist: .* got True"),
+        ({"per_class": 0}, r"per_class: expected an integer >= 1, got 0"),
+        ({"seed": -1}, r"seed: expected an integer >= 0, got -1"),
+        ({"method": "tsne"}, r"method: expected one of \['anchored-umap', 'aligned-umap', 'umap', 'pca'\]"),
+        ({"layers": []}, r"layers: expected None \(all\) or layer names, got \[\]"),
+    ],
+)
+def test_bad_params_name_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ReduceParams(**kwargs)
+
+
+def test_params_of_a_stored_embedding_and_both_call_forms(drift_run, monkeypatch):
+    emb = neuromapper.reduce(drift_run, method="pca", min_dist=0.1 + 0.05 * 5, per_class=30, n_jobs=1)
+    params = ReduceParams.from_embedding(emb)
+    assert params == ReduceParams(method="pca", min_dist=0.35, per_class=30, layers=("layer0", "layer1"))
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("recomputed although the embedding is stored")
+
+    monkeypatch.setitem(M.METHODS, "pca", must_not_run)
+    # what a user types finds what the slider stored, in either call form
+    xr.testing.assert_identical(neuromapper.reduce(drift_run, method="pca", min_dist=0.35, per_class=30), emb)
+    xr.testing.assert_identical(neuromapper.reduce(drift_run, params), emb)
+    xr.testing.assert_identical(neuromapper.reduce(drift_run, ReduceParams(method="pca", per_class=30), min_dist=0.35),
+                                emb)
+    xr.testing.assert_identical(neuromapper.find_embedding(drift_run, params), emb)
+    with pytest.raises(TypeError, match=r"params: expected a ReduceParams or None, got str 'pca'"):
+        neuromapper.reduce(drift_run, "pca")
+    with pytest.raises(TypeError, match=r"unexpected reduce parameter\(s\) \['mindist'\]"):
+        neuromapper.reduce(drift_run, mindist=0.3)
+    with pytest.raises(ValueError, match="embedding: has no 'params' attribute"):
+        ReduceParams.from_embedding(xr.DataArray([0.0]))
+
+
+def test_clear_errors(drift_run):
+    with pytest.raises(ValueError, match=r"n_neighbors: expected an integer from 2 to 200, got 600"):
         neuromapper.reduce(drift_run, n_neighbors=600)
+    with pytest.raises(ValueError, match=r"n_neighbors: expected fewer than the 100 samples being embedded \(per_class=20\)"):
+        neuromapper.reduce(drift_run, n_neighbors=150, per_class=20)
     with pytest.raises(ValueError, match=r"n_neighbors: expected fewer than the 10 samples being embedded \(per_class=2\)"):
         neuromapper.reduce(drift_run, n_neighbors=15, per_class=2)
     with pytest.raises(RunError, match=r"layers: \['fc9'\] not recorded in this run; recorded layers: \['layer0', 'layer1'\]"):
         neuromapper.reduce(drift_run, layers=["layer0", "fc9"])
     with pytest.raises(ValueError, match=r"method: expected one of \['anchored-umap', 'aligned-umap', 'umap', 'pca'\]"):
         neuromapper.reduce(drift_run, method="tsne")
-    with pytest.raises(ValueError, match="min_dist: expected a number from 0 to 1.0, got -0.5"):
+    with pytest.raises(ValueError, match="min_dist: expected a number from 0.0 to 0.99, got -0.5"):
         neuromapper.reduce(drift_run, min_dist=-0.5)
-    with pytest.raises(ValueError, match="n_neighbors: expected an integer >= 2, got 1.5"):
+    with pytest.raises(ValueError, match="n_neighbors: expected an integer from 2 to 200, got 1.5"):
         neuromapper.find_embedding(drift_run, n_neighbors=1.5)
     with pytest.raises(ValueError, match="run: .* this Dataset has no 'path' attribute"):
         neuromapper.reduce(xr.Dataset())
-    one = make_synthetic_run(tmp_path / "one", n_samples=100, n_epochs=1, n_classes=4, dims=16)
-    with pytest.raises(ValueError, match=r"run has 1 recorded epoch \(\[0\]\); reduce aligns embeddings across epochs and needs at least 2"):
-        neuromapper.reduce(one)
-    with pytest.raises(FileNotFoundError, match="no embedding 'nope' stored"):
-        neuromapper.load_embedding(drift_run, "nope")
+    with pytest.raises(TypeError, match="run: expected a run directory"):
+        neuromapper.reduce(42)
+    with pytest.raises(ValueError, match="n_jobs: expected an integer >= 1, got 0"):
+        neuromapper.reduce(drift_run, n_jobs=0)
+    with pytest.raises(FileNotFoundError, match="no embedding '0123456789abcdef' stored"):
+        neuromapper.load_embedding(drift_run, "0123456789abcdef")
 
 
 def test_cli_reduce_and_info(drift_run, capsys):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from neuromapper import RunError, layer_activations, open_run, store
+from neuromapper import ReduceParams, RunError, layer_activations, open_run, store
 
 
 def _epoch(epoch: int, n: int = 30, seed: int = 0) -> xr.Dataset:
@@ -252,3 +252,85 @@ def test_opening_and_reading_a_run_from_many_threads_does_not_crash(tmp_path):
     result = subprocess.run([sys.executable, "-c", THREADS, str(tmp_path / "run")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-1000:]
     assert "equal True 40" in result.stdout
+
+
+# --- embeddings ---------------------------------------------------------------------------------
+
+
+def _embedding(key: str, epochs, n: int = 30, layers=("conv.1", "fc"), seed: int = 0) -> xr.DataArray:
+    """An embedding in the schema neuromapper.reduce writes, with made-up coordinates."""
+    rng = np.random.default_rng(seed)
+    shape = (len(epochs), len(layers))
+    return xr.DataArray(
+        rng.normal(size=(*shape, n, 2)).astype(np.float32),
+        dims=("epoch", "layer", "sample", "xy"),
+        coords={"epoch": np.asarray(epochs, dtype=np.int64), "layer": np.array(layers), "sample": np.arange(n),
+                "xy": np.array(["x", "y"]), "trustworthiness": (("epoch", "layer"), rng.random(shape)),
+                "unplaced": (("epoch", "layer"), np.zeros(shape, np.int32))},
+        name="embedding",
+        attrs={"method": "pca", "params": ReduceParams(method="pca").to_json(), "key": key, "backend": "test",
+               "created": f"2026-01-0{1 + seed}T00:00:00+00:00", "seconds": 1.5},
+    )
+
+
+def test_embedding_round_trip_replace_and_list(tmp_path):
+    _make_run(tmp_path / "run")
+    key = ReduceParams(method="pca").key(["conv.1", "fc"])
+    first = _embedding(key, [0, 1, 2])
+    path = store.write_embedding(tmp_path / "run", first)
+    assert path == tmp_path / "run" / "embeddings" / f"{key}.nc"
+    xr.testing.assert_identical(store.load_embedding(tmp_path / "run", key), first)
+    second = _embedding(key, [0, 1, 2], seed=1)
+    store.write_embedding(open_run(tmp_path / "run"), second)  # a Dataset stands for its directory
+    xr.testing.assert_identical(store.load_embedding(tmp_path / "run", key), second)
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # replaced; no temporary file left
+    (listed,) = store.list_embeddings(tmp_path / "run")
+    assert (listed["key"], listed["method"], listed["epochs"], listed["seconds"]) == (key, "pca", [0, 1, 2], 1.5)
+    assert listed["params"]["method"] == "pca" and listed["layers"] is None
+
+
+@pytest.mark.parametrize("key", ["../../x", "../run", "0123456789ABCDEG", "0123", "", None])
+def test_a_key_from_a_user_is_validated(tmp_path, key):
+    _make_run(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"key: expected 16 lowercase hexadecimal digits .*, got"):
+        store.load_embedding(tmp_path / "run", key)
+    with pytest.raises(ValueError, match=r"key: expected 16 lowercase hexadecimal digits"):
+        store.write_embedding(tmp_path / "run", _embedding(key, [0]))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "run" / "embeddings").exists()
+
+
+def test_a_corrupt_embedding_is_skipped_by_list_and_named_by_load(tmp_path):
+    run = tmp_path / "run"
+    _make_run(run)
+    good = ReduceParams(method="pca").key(["conv.1", "fc"])
+    bad = ReduceParams.DEFAULT.key(["conv.1", "fc"])
+    store.write_embedding(run, _embedding(good, [0, 1, 2]))
+    (run / "embeddings" / f"{bad}.nc").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    (run / "embeddings" / "notes.nc").write_bytes(b"not a key")
+    assert [e["key"] for e in store.list_embeddings(run)] == [good]
+    with pytest.raises(RunError, match=rf"key: the embedding '{bad}' cannot be read .*truncated or corrupt.*delete"):
+        store.load_embedding(run, bad)
+    assert store.find_embedding(run) is None  # as if absent: a reduction writes a good one over it
+    with pytest.raises(FileNotFoundError, match=rf"no embedding '{'0' * 16}' stored .*stored keys: \['{good}'\]"):
+        store.load_embedding(run, "0" * 16)
+
+
+def test_find_embedding_current_partial_or_cut_to_what_the_caller_has_open(tmp_path):
+    run = tmp_path / "run"
+    _make_run(run, epochs=3)
+    key = ReduceParams.DEFAULT.key(["conv.1", "fc"])
+    stored = _embedding(key, [0, 1, 2])
+    store.write_embedding(run, stored)
+    xr.testing.assert_identical(store.find_embedding(run), stored)
+    assert store.find_embedding(run, method="pca") is None and store.find_embedding(run, ReduceParams(seed=1)) is None
+    opened_before = open_run(run)
+    store.append_epoch(run, _epoch(3))  # the run grows: the stored embedding covers its first epochs
+    assert store.find_embedding(run) is None
+    xr.testing.assert_identical(store.find_embedding(run, partial=True), stored)
+    xr.testing.assert_identical(store.find_embedding(opened_before), stored)  # current for what that caller sees
+    store.write_embedding(run, _embedding(key, [0, 1, 2, 3]))  # extended meanwhile, by another process
+    cut = store.find_embedding(opened_before)
+    assert cut["epoch"].values.tolist() == [0, 1, 2]
+    np.testing.assert_array_equal(cut.values, store.load_embedding(run, key).values[:3])
+    store.write_embedding(run, _embedding(key, [0, 2]))  # not the run's first epochs: stale in every sense
+    assert store.find_embedding(run) is None and store.find_embedding(run, partial=True) is None
