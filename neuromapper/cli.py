@@ -102,17 +102,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def serve(run: str | Path, port: int = 5006, address: str = "127.0.0.1", show: bool = True) -> None:
-    """Serve the dashboard for ``run`` until interrupted; every browser session gets its own viewer."""
+    """Serve the dashboard for ``run`` (a run, or a folder of runs) until interrupted; one app per session."""
     import panel as pn
 
-    from .app import NeuroMapper
-    from .store import run_root
+    from .views.run import find_runs
+    from .views.shell import serve_app
 
-    run = run_root(run)  # fail here, with the clear error, rather than in the first session
+    runs = find_runs(run)  # fail here, with the clear error, rather than in the first session
     pn.extension(notifications=True)
-    print(f"NeuroMapper dashboard for {run} at http://{address}:{port}/ (Ctrl-C to stop)")
+    what = f"{len(runs)} runs in {run}" if len(runs) > 1 else str(runs[0].path)
+    print(f"NeuroMapper dashboard for {what} at http://{address}:{port}/ (Ctrl-C to stop)")
     pn.serve(
-        {"/": lambda: NeuroMapper(run).template()},
+        {"/": lambda: serve_app(run)},
         port=port, address=address, show=show, title="NeuroMapper",
         websocket_origin=[f"{address}:{port}", f"localhost:{port}"],
     )

@@ -259,3 +259,24 @@ def test_the_watcher_tells_sessions_when_a_run_grows(small_run, tmp_path):
         time.sleep(0.02)
     assert heard == [[0, 1, 2, 3]] and watcher.growing(run)
     watcher.unwatch(token)
+
+
+def test_a_failed_reduce_is_shown_where_the_plots_would_be(small_run, tmp_path, monkeypatch):
+    from neuromapper import reduce as reduction
+    from neuromapper.views.embedding import EmbeddingView
+
+    def failing(*args, **kwargs):
+        raise ValueError("n_neighbors: expected fewer than the 3 samples")
+
+    monkeypatch.setattr(reduction, "reduce", failing)
+    run = shutil.copytree(small_run, tmp_path / "bare", ignore=shutil.ignore_patterns("embeddings"))
+    state = SessionState(run)
+    view = EmbeddingView(state)
+    deadline = time.monotonic() + 60
+    while not state.error and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state.error.startswith("reduce failed: ValueError: n_neighbors") and state.progress is None
+    alert = view._main.objects[0][0]
+    assert alert.alert_type == "danger" and "No embedding can be shown" in alert.object
+    view.dispose()
+    state.dispose()

@@ -13,6 +13,7 @@ The reduce controls are this page's own parameters; a change sets the shared sta
 
 from __future__ import annotations
 
+import html
 from functools import partial
 
 import holoviews as hv
@@ -80,11 +81,27 @@ class EmbeddingView(pn.viewable.Viewer):
 
     def _layout_layers(self, *_) -> None:
         if self.state.scene is None:
-            message = self.state.error or "computing the first embedding of this run…"
-            self._main.objects = [pn.pane.Alert(message, alert_type="danger" if self.state.error else "info",
-                                                css_classes=["nm-waiting"], sizing_mode="stretch_width")]
+            self._main.objects = [self._waiting()]
         else:
             self._main.objects = [self._layer_panel(layer) for layer in self.painter.layers]
+
+    def _waiting(self) -> pn.Column:
+        """Where the plots will be: what is being computed and how far it got, or why it failed."""
+        state = self.state
+
+        def message(status: str, error: str) -> str:
+            if error:
+                return f"<b>No embedding can be shown.</b> {html.escape(error)}"
+            return f"<b>Computing the first embedding of this run…</b> {html.escape(status)}"
+
+        alert = pn.pane.Alert(pn.bind(message, state.param.status, state.param.error),
+                              alert_type="info", css_classes=["nm-waiting"], sizing_mode="stretch_width")
+        state.param.watch(lambda event: setattr(alert, "alert_type", "danger" if event.new else "info"), "error")
+        progress = pn.indicators.Progress(
+            value=pn.bind(lambda v: -1 if v is None or v < 0 else v, state.param.progress), max=100,
+            visible=pn.bind(lambda v, error: v is not None and not error, state.param.progress, state.param.error),
+            sizing_mode="stretch_width")
+        return pn.Column(alert, progress, sizing_mode="stretch_width")
 
     def _keep_source(self, layer: str, kind: str, plot, element) -> None:
         """HoloViews plot hook: remember the Bokeh source a layer's glyph draws from; clear focus on leave."""
@@ -224,7 +241,7 @@ class EmbeddingView(pn.viewable.Viewer):
         overlay = plots.training_curves(run.epochs, run.curves(), marker)
         tap = hv.streams.Tap(source=overlay)
         tap.add_subscriber(lambda x=None, **_: x is not None and self._on_session(self._jump_to, x))
-        return pn.pane.HoloViews(overlay, sizing_mode="stretch_width")
+        return pn.pane.HoloViews(overlay, sizing_mode="stretch_width", css_classes=["nm-curves"])
 
     def _jump_to(self, x: float) -> None:
         """Go to the embedded epoch nearest to a click on the training curves."""
@@ -254,6 +271,4 @@ class EmbeddingView(pn.viewable.Viewer):
 
 
 def _escaped(text: str) -> str:
-    import html
-
     return f"<span style='font-size:13px'>{html.escape(text)}</span>"

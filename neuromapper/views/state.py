@@ -116,7 +116,11 @@ class SessionState(param.Parameterized):
             self._fail(f"{type(exc).__name__}: {exc}")
             return
         if stored is not None:
-            self.show_embedding(stored)
+            try:
+                self.show_embedding(stored)
+            except ValueError as exc:  # stored for other samples or epochs (a copied or edited run)
+                self._fail(f"the stored embedding {stored.attrs.get('key', '')} does not fit this run: {exc}")
+                return
         current = stored is not None and [int(e) for e in stored["epoch"].values] == self.run.epochs
         if current:
             self._leave_job()

@@ -231,3 +231,16 @@ def test_neuromapper_serve_command(page, console_errors, reduced_run, tmp_path):
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def test_clicking_the_training_curves_jumps_to_that_epoch(page, console_errors, dashboard):
+    url, apps = dashboard
+    before = open_dashboard(page, url)
+    canvas = page.locator(".nm-curves").locator("canvas").first
+    box = canvas.bounding_box()
+    # the curves span epochs 0-3 across the plot's frame: a click right of the middle is nearest epoch 2 or 3
+    page.mouse.click(box["x"] + 0.62 * box["width"], box["y"] + 0.55 * box["height"])
+    wait_until(lambda: apps[0].state.epoch in (2, 3), message="the player to jump to the clicked epoch")
+    wait_until(lambda: page.evaluate(IMAGE_CHECKSUMS) != before, message="the layer pictures to follow")
+    wait_until(lambda: page.evaluate(SPAN_LOCATIONS) == [apps[0].state.epoch] * len(apps[0].embeddings._markers),
+               message="the epoch marker to follow")
