@@ -82,12 +82,11 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 
 from . import raster
 from .reduce_params import ReduceParams
-from .scene import COLOR_BY, CORRECTNESS_COLORS, EmbeddingScene, ViewState
+from .scene import COLOR_BY, CORRECTNESS_COLORS, EmbeddingScene, ViewState, scene_for
 from .store import find_embedding, json_attr, list_embeddings, open_run, run_dir
 
 STRATEGIES = ("auto", "points", "images")
@@ -180,7 +179,7 @@ def _export(run, path, *, embedding, layers, epochs, width, strategy, thumbnails
     ds = run if isinstance(run, xr.Dataset) else open_run(run)
     coverage = _coverage(ds, embedding)  # of the whole embedding, not of the epochs chosen below
     embedding = _select(embedding, layers, epochs)
-    scene, position = _scene(ds, embedding)
+    scene, position = scene_for(ds, embedding)
 
     want_thumbs = "image" in ds and (
         thumbnails is True or (thumbnails == "auto" and len(scene) <= THUMBNAIL_MAX_SAMPLES)
@@ -273,26 +272,6 @@ def _coverage(ds: xr.Dataset, embedding: xr.DataArray) -> str | None:
     return (f"the embedding covers {len(recorded) - len(missing)} of the {len(recorded)} recorded epochs; epochs "
             f"{missing} were recorded after it was computed and are not in this snapshot (`neuromapper reduce "
             f"{ds.attrs.get('path', 'RUN')}` with the same parameters extends it)")
-
-
-def _scene(ds: xr.Dataset, embedding: xr.DataArray) -> tuple[EmbeddingScene, np.ndarray]:
-    """The dashboard's scene for ``embedding`` and each embedded sample's position in the run."""
-    position = pd.Index(np.asarray(ds["sample"].values)).get_indexer(embedding["sample"].values)
-    if (position < 0).any():
-        raise ValueError("embedding: its samples are not all in this run (was it computed for another run?)")
-    run_epochs = [int(e) for e in ds["epoch"].values]
-    missing = [int(e) for e in embedding["epoch"].values if int(e) not in run_epochs]
-    if missing:
-        raise ValueError(f"embedding: epochs {missing} are not recorded in this run (recorded: {run_epochs})")
-    epoch_index = [run_epochs.index(int(e)) for e in embedding["epoch"].values]
-    scene = EmbeddingScene(
-        embedding,
-        labels=ds["label"].values[position],
-        predictions=ds["prediction"].values[np.ix_(epoch_index, position)],
-        loss=ds["loss"].values[np.ix_(epoch_index, position)],
-        class_names=[str(c) for c in ds["class"].values],
-    )
-    return scene, position
 
 
 # -- strategy ----------------------------------------------------------------------------------

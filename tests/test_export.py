@@ -20,7 +20,7 @@ from PIL import Image
 import neuromapper
 from neuromapper import export, open_run, store
 from neuromapper.export import Estimate, choose_strategy, export_html
-from neuromapper.scene import CORRECTNESS_COLORS, ViewState, class_palette
+from neuromapper.scene import CORRECTNESS_COLORS, ViewState, class_palette, scene_for
 from neuromapper.synthetic import make_synthetic_run
 
 
@@ -127,7 +127,7 @@ def test_images_strategy_matches_the_dashboard_raster(synth, tmp_path):
     assert len(masks) == 4 and all(len(m) == 3 and all(len(g) == 20 for g in m) for m in masks)
     # stacked, the masks of a frame cover exactly the pixels the dashboard's raster paints
     ds = open_run(run)
-    scene, _ = export._scene(ds, emb)
+    scene, _ = scene_for(ds, emb)
     for e, j in [(0, 0), (3, 2)]:
         layer = scene.layers[j]
         covered = np.zeros((200, 200), dtype=bool)

@@ -33,7 +33,9 @@ def test_codes_per_color_by():
     assert scene.coloring(ViewState(0, COLOR_BY[1])).codes.tolist() == [1, 0, 1, 0, 2, 0]
     correctness = scene.coloring(ViewState(0, COLOR_BY[2]))
     assert correctness.codes.tolist() == [1, 0, 0, 1, 0, 1] and list(correctness.legend) == ["correct", "incorrect"]
-    loss = scene.coloring(ViewState(1, COLOR_BY[3]))
+    flips = scene.coloring(ViewState(1, COLOR_BY[3]))  # learned / forgotten / unchanged since the previous epoch
+    assert flips.codes.tolist() == [0, 2, 2, 0, 2, 2] and list(flips.legend) == ["learned", "forgotten", "unchanged"]
+    loss = scene.coloring(ViewState(1, COLOR_BY[4]))
     assert loss.values is not None and np.all(np.diff(loss.values) > 0)
     with pytest.raises(ValueError, match="color_by: expected one of"):
         scene.coloring(ViewState(0, "shoe size"))
@@ -45,9 +47,9 @@ def test_hidden_classes_and_misclassification_filters():
     assert hidden.codes.tolist() == [0, 0, -1, -1, 2, 2]
     wrong = scene.coloring(ViewState(0, show=SHOW[1]))
     assert (wrong.codes >= 0).tolist() == [True, False, False, True, False, True]
-    # epoch index 1 vs 0: sample 0 learned, 3 learned, others unchanged
+    # epoch index 1 vs 0: sample 0 learned, 3 learned, others unchanged; the filter keeps the colours
     flipped = scene.coloring(ViewState(1, show=SHOW[2]))
-    assert flipped.codes.tolist() == [0, -1, -1, 0, -1, -1] and list(flipped.legend) == ["learned", "forgotten"]
+    assert flipped.codes.tolist() == [0, -1, -1, 1, -1, -1] and list(flipped.legend) == ["cat", "dog", "owl"]
     assert scene.flips(2).tolist() == [0, -1, 0, 0, 0, 1]  # sample 1 forgotten, sample 5 learned
     assert scene.flips(0).tolist() == [0] * 6
 
@@ -81,10 +83,40 @@ def test_lookups():
     assert scene.inside_box("a", 1, (0.9, 0.9, 3.1, 3.1), keep).tolist() == [1, 2]
     triangle = np.array([[-0.5, -0.5], [4.5, -0.5], [4.5, 4.5]])
     assert scene.inside_polygon("a", 0, triangle, keep).tolist() == [0, 1, 2, 3, 4]
-    paths = scene.centroid_paths("a", 2, keep)
-    assert set(paths) == {"cat", "dog", "owl"} and paths["cat"].shape == (3, 2)
-    assert paths["owl"][2].tolist() == [5.0, 5.0]  # the NaN (unplaced) sample is ignored in the median
-    assert [p.shape for p in scene.sample_paths("b", 1, np.array([0, 3]))] == [(2, 2), (2, 2)]
+    centroids = scene.centroids("a")  # (epoch, class, 2), every epoch at once
+    assert centroids.shape == (3, 3, 2) and centroids[0, 0].tolist() == [0.5, 0.5]
+    assert centroids[2, 2].tolist() == [5.0, 5.0]  # the NaN (unplaced) sample is ignored in the median
+    assert scene.sample_paths("b", 1, np.array([0, 3])).shape == (2, 2, 2)
+
+
+def test_many_classes_get_distinct_colours_and_codes_past_127():
+    names = [f"class {i}" for i in range(1000)]
+    palette = class_palette(names)
+    assert all(len(c) == 7 and c.startswith("#") for c in palette.values())  # hex, as the rasterizer reads them
+    assert len(set(list(palette.values())[:256])) == 256  # distinct up to glasbey's 256 colours
+    n = 2000
+    labels = np.arange(n) % 1000
+    emb = xr.DataArray(np.random.default_rng(0).normal(size=(1, 1, n, 2)).astype(np.float32),
+                       dims=("epoch", "layer", "sample", "xy"),
+                       coords={"epoch": [0], "layer": ["a"], "sample": np.arange(n), "xy": ["x", "y"]})
+    scene = EmbeddingScene(emb, labels, labels[None, :], np.ones((1, n)), names)
+    coloring = scene.coloring(ViewState(0))
+    assert coloring.codes.max() == 999 and coloring.counts.sum() == n
+    rgba = scene.render("a", 0, coloring, scene.default_frame("a", 50, 50))
+    assert (rgba[..., 3] > 0).sum() > 100
+
+
+def test_paths_are_drawn_over_the_picture_fading_with_age():
+    scene = _scene()
+    frame = raster.Frame((0.0, 10.0), (0.0, 10.0), 100, 100)
+    blank = np.zeros((100, 100, 4), np.uint8)
+    # one sample moving right along y=5 over three epochs: an old step (0 -> 4) and a new one (4 -> 8)
+    paths = np.array([[[0.0, 5.0]], [[4.0, 5.0]], [[8.0, 5.0]]])
+    drawn = scene.draw_paths(blank, frame, paths, np.array([[255, 0, 0]]))
+    row = 100 - 1 - 50
+    old, new = drawn[row, 20], drawn[row, 60]
+    assert new[3] == 255 and 0 < old[3] < new[3] and new[:3].tolist() == [255, 0, 0]
+    assert drawn[10, 10, 3] == 0  # nothing drawn away from the path
 
 
 def test_bounds_cover_all_epochs():
