@@ -15,15 +15,36 @@ A capture runs the probe through the model in ``eval()`` mode under ``torch.no_g
 batches, with forward hooks on the chosen modules (named by their dotted ``named_modules()``
 path, as torchvision's feature extraction names them). The hooks exist only while a capture
 runs and are removed in ``finally``; the model's previous train/eval mode is restored, so the
-recorder never changes what the training loop sees.
+recorder never changes what the training loop sees. Floating-point probe inputs are cast to the
+model's dtype (a bfloat16 model gets a bfloat16 probe); everything is stored as float32.
 
-Writing the epoch to disk (compression, fsync) happens on a background thread so the training
-loop does not wait for the disk; :meth:`Recorder.flush` waits for it, :meth:`Recorder.close`
-flushes. An error in the writer is raised at the next call.
+What is stored for a layer is one vector per probe sample: a ``(batch, features)`` output as it
+is, a feature map ``(batch, channels, *spatial)`` reduced over its spatial axes
+(``channel_reduce``), and the ``(batch, time, features)`` or ``(time, batch, features)`` output of
+a sequence module (RNN, LSTM, GRU, attention, transformer, or a block of linear/embedding layers)
+reduced over time (``sequence_reduce``); :func:`_batch_first` says how a 3-D output is read.
+Tuple outputs give their first tensor; dict outputs need an ``output_selector``. The run's
+``layer_reduction(layer)`` variable says which reduction each layer got (``"none"``,
+``"spatial-mean"``, ``"time-last"``...).
+
+The model's output is the classifier head: ``C`` logits give ``C`` classes; a single logit ``z``
+(a sigmoid head trained with ``BCEWithLogitsLoss``) gives two classes and is stored as the logits
+``[0, z]``, whose softmax is ``[1 - sigmoid(z), sigmoid(z)]``, so the prediction is ``z > 0`` and
+the stored cross-entropy loss equals the binary cross-entropy. Multi-label heads are refused.
+
+Writing an epoch to disk (compression, fsync, atomic rename) happens on a background thread, so
+the disk work of epoch ``N`` overlaps training epoch ``N + 1``; but at most one epoch is in
+flight: ``capture(N)`` waits for the previous epoch's write before queueing its own. So when
+``capture(N)`` returns, every epoch captured before ``N`` is durably on disk and a ``kill -9``
+loses at most epoch ``N``; :meth:`Recorder.flush` makes ``N`` durable too and
+:meth:`Recorder.close` flushes. An error in the writer is raised at the next call. After a crash,
+``Recorder(..., resume=True)`` with the same model layers, probe and class names appends to the
+run (see :class:`Recorder`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,6 +58,7 @@ from torch import nn
 from . import store
 
 CHANNEL_REDUCTIONS = ("mean", "max")
+SEQUENCE_REDUCTIONS = ("mean", "last", "max")
 _SKIPPED_DEFAULT_TYPES = (nn.ReLU, nn.Dropout, nn.Flatten, nn.Identity, nn.MaxPool2d, nn.AvgPool2d)
 
 
@@ -73,11 +95,42 @@ def _to_tensor(value: Any, what: str) -> torch.Tensor:
         raise TypeError(f"{what}: expected a tensor or array, got {type(value).__name__}") from exc
 
 
+def _labels_tensor(y: Any) -> torch.Tensor:
+    """Probe labels as int64 class indices ``(N,)``, or a clear error saying what is accepted."""
+    if not isinstance(y, torch.Tensor):
+        values = np.asarray(y)
+        if values.dtype.kind not in "biuf":
+            example = f" such as {values.flat[0].item()!r}" if values.size else ""
+            raise TypeError(
+                f"probe labels: expected integer class indices, got {values.dtype} values{example}; "
+                "map them to 0..C-1 and pass the names as class_names=[...]"
+            )
+        y = torch.as_tensor(values)
+    if y.is_complex():
+        raise TypeError(f"probe labels: expected integer class indices, got dtype {y.dtype}")
+    if y.ndim == 2 and y.shape[1] == 1:  # (N, 1) targets, as BCEWithLogitsLoss wants them
+        y = y[:, 0]
+    if y.ndim == 2:
+        raise ValueError(
+            f"probe labels: shape {tuple(y.shape)} looks like multi-hot (multi-label) targets, which "
+            "NeuroMapper does not support yet. Supported: single-label classifiers, with labels of "
+            "shape (N,) holding class indices 0..C-1 for a C-logit head or 0/1 for a one-logit "
+            "sigmoid head (for one-hot labels pass y.argmax(1))"
+        )
+    if y.ndim != 1:
+        raise ValueError(f"probe labels: expected a 1-D array of class indices, got shape {tuple(y.shape)}")
+    if y.is_floating_point() and not torch.equal(y, y.round()):
+        raise ValueError(f"probe labels: expected integer class indices, got dtype {y.dtype}")
+    return y.long()
+
+
 def _probe_tensors(probe: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Accept ``(x, y)`` tensors/arrays or a map-style dataset of ``(x, y)`` pairs."""
     if isinstance(probe, (tuple, list)) and len(probe) == 2:
         x, y = probe
     elif isinstance(probe, torch.utils.data.Dataset):
+        if len(probe) == 0:
+            raise ValueError("probe: the probe set is empty")
         pairs = [probe[i] for i in range(len(probe))]
         x = torch.stack([torch.as_tensor(p[0]) for p in pairs])
         y = torch.as_tensor([int(p[1]) for p in pairs])
@@ -87,17 +140,68 @@ def _probe_tensors(probe: Any) -> tuple[torch.Tensor, torch.Tensor]:
             f"got {type(probe).__name__}"
         )
     x = _to_tensor(x, "probe inputs")
-    y = _to_tensor(y, "probe labels")
-    if y.ndim != 1:
-        raise ValueError(f"probe labels: expected a 1-D array of class indices, got shape {tuple(y.shape)}")
+    y = _labels_tensor(y)
     if len(x) != len(y):
         raise ValueError(f"probe: {len(x)} inputs but {len(y)} labels; they must match one to one")
     if len(y) == 0:
         raise ValueError("probe: the probe set is empty")
-    if y.dtype.is_floating_point or y.dtype == torch.bool:
-        if not torch.equal(y, y.round()):
-            raise ValueError(f"probe labels: expected integer class indices, got dtype {y.dtype}")
-    return x, y.long()
+    return x, y
+
+
+def probe_hash(x: torch.Tensor) -> str:
+    """SHA-256 of the probe inputs (dtype, shape and bytes), kept in run.nc for ``resume=True``."""
+    x = x.detach().cpu().contiguous()
+    digest = hashlib.sha256(f"{x.dtype} {tuple(x.shape)}".encode())
+    digest.update(x.view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+_CHANNELS_FIRST = (
+    nn.modules.conv._ConvNd,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+)
+_FEATURES_LAST = (nn.Linear, nn.Embedding, nn.LayerNorm)
+
+
+def _batch_first(module: nn.Module) -> bool | None:
+    """How to read a 3-D output of ``module``: a batch-first sequence ``(batch, time, features)``
+    (``True``), a time-first one ``(time, batch, features)`` (``False``), or a feature map
+    ``(batch, channels, length)`` (``None``).
+
+    The first module inside ``module`` (itself included, in ``modules()`` order) that settles it
+    decides. A ``batch_first`` attribute says it outright: RNNs, ``nn.MultiheadAttention`` and
+    ``nn.Transformer`` have one, ``nn.TransformerEncoder(Layer)`` reach theirs through their
+    attention; a shape could not tell ``(batch, time)`` from ``(time, batch)`` when both have the
+    same length. Convolution, pooling and batch/group norm work on axis 1: a feature map. Linear,
+    embedding and layer norm work on the last axis: a batch-first sequence of tokens, as in
+    HuggingFace-style encoders. Anything else (a lone ReLU, say) is taken for a feature map.
+    """
+    for sub in module.modules():
+        if isinstance(getattr(sub, "batch_first", None), bool):
+            return sub.batch_first
+        if isinstance(sub, _CHANNELS_FIRST):
+            return None
+        if isinstance(sub, _FEATURES_LAST):
+            return True
+    return None
+
+
+def _select(output: Any, selector: Any, what: str, how: str) -> torch.Tensor:
+    """The tensor to record from ``output``: ``selector``'s pick, else a tuple's first item."""
+    if selector is not None:
+        output = selector(output) if callable(selector) else output[selector]
+    elif isinstance(output, Mapping):
+        raise TypeError(f"{what} returned a dict with keys {list(output)}: pick one with {how}")
+    elif isinstance(output, (tuple, list)) and output:
+        output = output[0]  # LSTM (out, (h, c)), attention (out, weights), (logits, aux)...
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(f"{what} returned {type(output).__name__}, not a tensor: pick one with {how}")
+    return output
 
 
 def thumbnails(x: torch.Tensor, max_side: int = 32) -> np.ndarray | None:
@@ -134,28 +238,59 @@ def _describe(model: nn.Module) -> dict:
     }
 
 
+def _kind(module: nn.Module) -> str:
+    return "conv" if isinstance(module, nn.modules.conv._ConvNd) else type(module).__name__
+
+
 class Recorder:
     """Capture activations of chosen layers for a fixed probe set into a run directory.
+
+    At most one epoch is ever in flight: when :meth:`capture` returns for epoch ``N``, every
+    earlier capture is durably on disk, so a crash or ``kill -9`` loses at most epoch ``N``;
+    :meth:`flush` makes ``N`` durable too, and :meth:`close` flushes.
 
     Parameters
     ----------
     model
-        Any ``torch.nn.Module``; it may live on the CPU or a GPU (the probe follows it).
+        Any ``torch.nn.Module``; it may live on the CPU or a GPU (the probe follows it). Its output
+        is a classifier head: ``(batch, C)`` logits, or ``(batch, 1)`` / ``(batch,)`` for a
+        one-logit sigmoid head (two classes, stored as logits ``[0, z]``; see :mod:`the module
+        docstring <neuromapper.record>`). Tuple outputs give their first item.
     layers
         Dotted ``named_modules()`` paths, e.g. ``["conv2", "layer3.1", "fc"]``; ``None`` picks
-        :func:`default_layers`. A module's output is recorded: conv feature maps ``(N, C, H, W)``
-        are reduced per channel with ``channel_reduce``, giving one value per channel.
+        :func:`default_layers`. A module's output is recorded as one vector per sample: conv
+        feature maps ``(N, C, H, W)`` are reduced per channel with ``channel_reduce``, and the
+        outputs of sequence modules with ``sequence_reduce``.
     probe
         ``(inputs, labels)`` as tensors or arrays, or a map-style dataset of pairs. The same
-        samples are used at every capture.
+        samples are used at every capture. Labels are class indices ``0..C-1`` (``(N, 1)`` is
+        accepted as ``(N,)``); multi-hot labels (multi-label heads) are refused.
     class_names
-        One name per class index; default ``"0", "1", ...``.
+        One name per class; default ``"0", "1", ..., "C-1"``. The number of classes ``C`` is the
+        model's logit width (2 for a one-logit head), and ``class_names`` must have ``C`` names.
     path
         Run directory to create (see :mod:`neuromapper.store`).
     batch_size
         Probe samples per forward pass during a capture.
     channel_reduce
         ``"mean"`` or ``"max"`` over the spatial axes of feature maps.
+    sequence_reduce
+        ``"mean"``, ``"last"`` or ``"max"`` over the time axis of a sequence module's 3-D output:
+        ``nn.RNN``/``LSTM``/``GRU``, ``nn.MultiheadAttention``, ``nn.Transformer*`` and modules
+        containing them, whose ``batch_first`` attribute says whether the output is
+        ``(batch, time, features)`` or ``(time, batch, features)``, and blocks that start with a
+        linear, embedding or layer-norm layer, read as ``(batch, tokens, features)``. A
+        time-first output of a module without ``batch_first`` is an error (its first axis is not
+        the batch) unless ``output_selector`` transposes it.
+    output_selector
+        ``{layer_name: key_or_callable}`` for layers whose output is not one tensor: a key picks
+        ``output[key]`` (e.g. ``"last_hidden_state"`` of a dict output), a callable gets the output
+        and returns a tensor (e.g. ``lambda out: out[1][0][-1]`` for an LSTM's last hidden
+        state). A selected 2-D tensor is recorded as it is; 3-D and larger ones are reduced as
+        above. Without a selector, tuples give their first item and dicts are an error.
+    logits_selector
+        Key or callable that picks the logits from the model's output, for models that return a
+        dict (e.g. ``"logits"``) or a structure whose first item is not the logits.
     precision
         ``"float32"`` (exact) or ``"16bit"`` (CF-packed int16, half the size; see
         :func:`neuromapper.store.packed_int16_encoding`) for stored activations.
@@ -164,10 +299,25 @@ class Recorder:
     images
         uint8 thumbnails ``(sample, y, x, channel)`` to store; by default derived from image-like
         inputs with :func:`thumbnails`.
+    sample_ids
+        One integer id per probe sample (e.g. its index in the dataset); default ``0..N-1``.
     hyperparameters, dataset
         Stored in the run's attributes (hyperparameters as JSON).
     overwrite
         Replace an existing run at ``path`` instead of raising.
+    resume
+        Append to an existing run at ``path`` (after a crash, say) instead of raising; the run is
+        created if it does not exist yet. The layers (names, widths and reductions), the probe
+        (sample ids, labels and a SHA-256 of the inputs) and the class names must match the run's,
+        otherwise a :class:`~neuromapper.store.RunError` says what differs. Epochs on disk are
+        kept and listed in :attr:`epochs`; capturing one of them again replaces it.
+
+    Attributes
+    ----------
+    epochs
+        The epochs captured so far (including, with ``resume=True``, those found on disk).
+    class_names
+        The class names, one per class of the model's output.
     """
 
     def __init__(
@@ -180,6 +330,9 @@ class Recorder:
         *,
         batch_size: int = 256,
         channel_reduce: str = "mean",
+        sequence_reduce: str = "mean",
+        output_selector: Mapping[str, Any] | None = None,
+        logits_selector: Any = None,
         precision: str = "float32",
         complevel: int | None = 1,
         images: np.ndarray | None = None,
@@ -187,6 +340,7 @@ class Recorder:
         hyperparameters: Mapping[str, Any] | None = None,
         dataset: str | None = None,
         overwrite: bool = False,
+        resume: bool = False,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -194,42 +348,63 @@ class Recorder:
             raise ValueError("probe: required, e.g. probe=(x_probe, y_probe)")
         if channel_reduce not in CHANNEL_REDUCTIONS:
             raise ValueError(f"channel_reduce: expected one of {CHANNEL_REDUCTIONS}, got {channel_reduce!r}")
+        if sequence_reduce not in SEQUENCE_REDUCTIONS:
+            raise ValueError(f"sequence_reduce: expected one of {SEQUENCE_REDUCTIONS}, got {sequence_reduce!r}")
         if precision not in store.PRECISIONS:
             raise ValueError(f"precision: expected one of {store.PRECISIONS}, got {precision!r}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        if overwrite and resume:
+            raise ValueError("overwrite=True and resume=True contradict each other: pick one")
         self.model = model
         self.path = Path(path)
         self.batch_size = int(batch_size)
         self.channel_reduce = channel_reduce
+        self.sequence_reduce = sequence_reduce
+        self.logits_selector = logits_selector
         self.precision = precision
         self.complevel = complevel
         self.x, self.y = _probe_tensors(probe)
-        n_classes = int(self.y.max()) + 1
-        if class_names is None:
-            class_names = [str(i) for i in range(n_classes)]
-        self.class_names = [str(c) for c in class_names]
-        if int(self.y.min()) < 0 or n_classes > len(self.class_names):
-            raise ValueError(
-                f"probe labels: values must lie in 0..{len(self.class_names) - 1} to match the "
-                f"{len(self.class_names)} class_names, got min {int(self.y.min())} and max {int(self.y.max())}"
-            )
         modules = dict(model.named_modules())
         self.layers = list(default_layers(model) if layers is None else layers)
+        if not self.layers:
+            raise ValueError(
+                f"layers: expected at least one layer name, got none; valid names: {_module_names(model)} "
+                "(or layers=None for the top-level blocks)"
+            )
         unknown = [name for name in self.layers if name not in modules or not name]
         if unknown:
             raise ValueError(f"layers: {unknown} not found in {type(model).__name__}; valid names: {_module_names(model)}")
         if len(set(self.layers)) != len(self.layers):
             raise ValueError(f"layers: each layer may be named once, got {self.layers}")
+        self.output_selector = dict(output_selector or {})
+        stray = sorted(set(self.output_selector) - set(self.layers))
+        if stray:
+            raise ValueError(f"output_selector: {stray} are not among the recorded layers {self.layers}")
         self._modules = [modules[name] for name in self.layers]
+        self._batch_first = [_batch_first(module) for module in self._modules]
         self._first_conv = _first_conv(model)
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuromapper-writer")
-        self._pending: list[Future] = []
-        self._closed = False
-        self.epochs: list[int] = []
 
-        # One forward pass on two samples tells the layer widths and kinds for run.nc.
-        widths, kinds = self._probe_shapes()
+        # One forward pass on two samples tells the logit width and the layers' widths for run.nc.
+        logits, acts, reductions = self._forward(self.x[:2])
+        width = logits.shape[1]
+        self._one_logit = width == 1
+        n_classes = 2 if self._one_logit else width
+        head = "one sigmoid logit" if self._one_logit else f"{width} logits"
+        if class_names is None:
+            class_names = [str(i) for i in range(n_classes)]
+        self.class_names = [str(c) for c in class_names]
+        if len(self.class_names) != n_classes:
+            raise ValueError(
+                f"class_names: {len(self.class_names)} names given, but the model outputs {head}, "
+                f"so it has {n_classes} classes"
+            )
+        if int(self.y.min()) < 0 or int(self.y.max()) >= n_classes:
+            raise ValueError(
+                f"probe labels: values must lie in 0..{n_classes - 1} for the {n_classes} classes of the "
+                f"model's output ({head}), got min {int(self.y.min())} and max {int(self.y.max())}"
+            )
+
         if images is None:
             images = thumbnails(self.x)
         attrs = {
@@ -237,6 +412,9 @@ class Recorder:
             "hyperparameters": dict(hyperparameters or {}),
             "dataset": dataset,
             "channel_reduce": channel_reduce,
+            "sequence_reduce": sequence_reduce,
+            "head": "sigmoid: logits stored as [0, z]" if self._one_logit else "softmax",
+            "probe_sha256": probe_hash(self.x),
             "first_conv_layer": self._first_conv[0] if self._first_conv else "",
         }
         store.create_run(
@@ -244,13 +422,19 @@ class Recorder:
             labels=self.y.numpy(),
             class_names=self.class_names,
             layers=self.layers,
-            layer_units=widths,
-            layer_kinds=kinds,
+            layer_units=[a.shape[1] for a in acts],
+            layer_kinds=[_kind(module) for module in self._modules],
+            layer_reductions=reductions,
             images=images,
             sample_ids=None if sample_ids is None else np.asarray(list(sample_ids)),
             attrs=attrs,
             overwrite=overwrite,
+            resume=resume,
         )
+        self.epochs: list[int] = store.recorded_epochs(self.path) if resume else []
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuromapper-writer")
+        self._pending: Future | None = None
+        self._closed = False
 
     # -- capture -----------------------------------------------------------------------------
     @property
@@ -260,79 +444,105 @@ class Recorder:
         except StopIteration:
             return torch.device("cpu")
 
-    def _reduce(self, output: Any) -> torch.Tensor:
-        if isinstance(output, (tuple, list)):
-            output = output[0]
-        if not isinstance(output, torch.Tensor):
-            raise TypeError(f"a recorded layer returned {type(output).__name__}; expected a tensor")
-        out = output.detach()
+    def _input_dtype(self) -> torch.dtype | None:
+        """The dtype of the model's floating-point weights, which floating inputs must match."""
+        return next((p.dtype for p in self.model.parameters() if p.is_floating_point()), None)
+
+    def _rows(self, index: int, output: Any, batch: int) -> tuple[torch.Tensor, str]:
+        """One row per sample of layer ``index``'s output, and the name of the reduction used."""
+        name = self.layers[index]
+        out = _select(output, self.output_selector.get(name), f"layer {name!r}",
+                      f"output_selector={{{name!r}: key or callable}}").detach()
+        reduction = "none"
+        batch_first = self._batch_first[index]
+        if out.ndim == 3 and batch_first is not None:
+            time = 1 if batch_first else 0
+            if self.sequence_reduce == "mean":
+                out = out.mean(dim=time)
+            elif self.sequence_reduce == "max":
+                out = out.amax(dim=time)
+            else:
+                out = out.select(time, -1)
+            reduction = f"time-{self.sequence_reduce}"
+        if out.ndim == 0 or out.shape[0] != batch:
+            raise ValueError(
+                f"layer {name!r} returned shape {tuple(out.shape)} for a batch of {batch} probe samples: "
+                "expected the batch on the first axis (the second for a sequence module with "
+                f"batch_first=False); record another module or pass output_selector={{{name!r}: callable}} "
+                "returning a (batch, ...) tensor"
+            )
         if out.ndim > 2:  # (N, C, *spatial): one value per channel
             flat = out.flatten(2)
             out = flat.mean(dim=2) if self.channel_reduce == "mean" else flat.amax(dim=2)
+            reduction = f"spatial-{self.channel_reduce}"
         elif out.ndim == 1:
             out = out[:, None]
-        return out.float().cpu()
+        return out.float().cpu(), reduction
 
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Run ``x`` through the model in eval mode with hooks; restore everything afterwards."""
-        captured: list[list[torch.Tensor]] = [[] for _ in self.layers]
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[str]]:
+        """Run ``x`` through the model in eval mode with hooks; restore everything afterwards.
+
+        Returns the model's output as ``(N, logits)``, each layer's ``(N, units)`` rows, and the
+        reduction each layer's output needed.
+        """
+        captured: list[list[tuple[torch.Tensor, str]]] = [[] for _ in self.layers]
+        batch_rows = [0]  # the hooks need the size of the batch being run
         handles = []
         was_training = self.model.training
+        device, dtype = self.device, self._input_dtype()
+
+        def hook(index):
+            return lambda module, inputs, output: captured[index].append(self._rows(index, output, batch_rows[0]))
+
         try:
             for i, module in enumerate(self._modules):
-                handles.append(module.register_forward_hook(self._hook(captured[i])))
+                handles.append(module.register_forward_hook(hook(i)))
             self.model.eval()
             outputs = []
             with torch.no_grad():
                 for start in range(0, len(x), self.batch_size):
-                    batch = x[start : start + self.batch_size].to(self.device)
-                    out = self.model(batch)
-                    if isinstance(out, (tuple, list)):
-                        out = out[0]
+                    batch = x[start : start + self.batch_size].to(device)
+                    if batch.is_floating_point() and dtype is not None:
+                        batch = batch.to(dtype)
+                    batch_rows[0] = len(batch)
+                    out = _select(self.model(batch), self.logits_selector, "the model", "logits_selector=key or callable")
                     outputs.append(out.detach().float().cpu())
         finally:
             for handle in handles:
                 handle.remove()
             self.model.train(was_training)
-        acts = [torch.cat(parts) for parts in captured]
+        silent = [name for name, parts in zip(self.layers, captured) if not parts]
+        if silent:
+            raise ValueError(
+                f"layers: {silent} never ran in {type(self.model).__name__}.forward, so there is nothing "
+                "to record; pick modules that the forward pass calls"
+            )
+        acts = [torch.cat([rows for rows, _ in parts]) for parts in captured]
         for name, a in zip(self.layers, acts):
             if a.shape[0] != len(x):
                 raise RuntimeError(
                     f"layer {name!r} produced {a.shape[0]} rows for {len(x)} probe samples: a module "
                     "called more than once per forward pass cannot be recorded; pick a distinct module"
                 )
-        return torch.cat(outputs), acts
-
-    def _hook(self, sink: list):
-        def hook(module, inputs, output):
-            sink.append(self._reduce(output))
-
-        return hook
-
-    def _probe_shapes(self) -> tuple[list[int], list[str]]:
-        logits, acts = self._forward(self.x[:2])
-        if logits.ndim != 2:
+        logits = torch.cat(outputs)
+        if logits.ndim == 1:  # a one-logit head that squeezed its last axis
+            logits = logits[:, None]
+        if logits.ndim != 2 or logits.shape[1] == 0:
             raise ValueError(
-                f"model output: expected logits of shape (batch, classes), got {tuple(logits.shape)}"
+                f"model output: expected logits of shape (batch, classes) or (batch, 1), got {tuple(logits.shape)}"
             )
-        if logits.shape[1] < len(self.class_names) and logits.shape[1] != 1:
-            raise ValueError(
-                f"model output has {logits.shape[1]} logits but {len(self.class_names)} class_names were given"
-            )
-        kinds = []
-        for module in self._modules:
-            kind = "conv" if isinstance(module, nn.modules.conv._ConvNd) else type(module).__name__
-            kinds.append(kind)
-        return [a.shape[1] for a in acts], kinds
+        return logits, acts, [parts[0][1] for parts in captured]
 
     def capture(self, epoch: int, metrics: Mapping[str, float] | None = None) -> None:
         """Record the probe at ``epoch`` (an integer; capturing the same epoch again replaces it).
 
         ``metrics`` are scalars to keep with the epoch (training loss, validation accuracy...).
-        Returns once the activations are in memory; the write finishes in the background.
+        The probe runs through the model first; then the previous epoch's write is awaited (at
+        most one epoch is in flight) and this epoch's write is queued. So when ``capture``
+        returns, every earlier epoch is durably on disk and this one is being written; call
+        :meth:`flush` to wait for it too.
         """
         self._check_open()
-        self._raise_writer_errors()
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"epoch: expected a non-negative integer, got {epoch!r}")
         clean_metrics = {}
@@ -341,9 +551,10 @@ class Recorder:
                 clean_metrics[str(key)] = float(value)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"metrics[{key!r}]: expected a number, got {value!r}") from exc
-        logits, acts = self._forward(self.x)
-        n_classes = len(self.class_names)
-        loss = torch.nn.functional.cross_entropy(logits[:, :n_classes], self.y, reduction="none")
+        logits, acts, _ = self._forward(self.x)
+        if self._one_logit:  # softmax([0, z]) = [1 - sigmoid(z), sigmoid(z)]; see the module docstring
+            logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
+        loss = torch.nn.functional.cross_entropy(logits, self.y, reduction="none")
         activations = [a.numpy() for a in acts]
         for name, a in zip(self.layers, activations):
             bad = a.size - int(np.isfinite(a).sum())
@@ -361,35 +572,29 @@ class Recorder:
             int(epoch),
             layers=self.layers,
             activations=activations,
-            logits=logits[:, :n_classes].numpy(),
+            logits=logits.numpy(),
             loss=loss.numpy(),
             metrics=clean_metrics,
             first_conv_weight=weight,
         )
-        self._pending.append(
-            self._writer.submit(store.append_epoch, self.path, ds, self.complevel, self.precision)
-        )
-        self.epochs.append(int(epoch))
+        self.flush()
+        self._pending = self._writer.submit(store.append_epoch, self.path, ds, self.complevel, self.precision)
+        if int(epoch) not in self.epochs:
+            self.epochs.append(int(epoch))
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"Recorder for {self.path} is closed")
 
-    def _raise_writer_errors(self) -> None:
-        done = [f for f in self._pending if f.done()]
-        self._pending = [f for f in self._pending if not f.done()]
-        for future in done:
-            future.result()
-
     def flush(self) -> None:
-        """Wait until every captured epoch is durably on disk."""
-        pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()
+        """Wait until every captured epoch is durably on disk; raise the writer's error if any."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def close(self) -> None:
-        """Flush pending writes and release the writer thread (hooks are already gone)."""
+        """Flush the pending write and release the writer thread (hooks are already gone)."""
         if self._closed:
             return
         try:
@@ -406,4 +611,3 @@ class Recorder:
 
     def __repr__(self) -> str:
         return f"Recorder(path={str(self.path)!r}, layers={self.layers}, samples={len(self.y)}, epochs={self.epochs})"
-

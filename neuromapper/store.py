@@ -176,27 +176,25 @@ def create_run(
     layers: list[str],
     layer_units: list[int],
     layer_kinds: list[str],
+    layer_reductions: list[str] | None = None,
     images: np.ndarray | None = None,
     sample_ids: np.ndarray | None = None,
     attrs: dict | None = None,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> Path:
     """Create the run directory and write ``run.nc``, the part of a run that never changes.
 
-    ``images`` are uint8 thumbnails ``(sample, height, width, channel)``; ``attrs`` values that
-    are dicts or lists are stored as JSON strings, booleans as 0/1.
+    ``images`` are uint8 thumbnails ``(sample, height, width, channel)``; ``layer_reductions``
+    says how each layer's output became one vector per sample (``"none"``, ``"spatial-mean"``,
+    ``"time-last"``...); ``attrs`` values that are dicts or lists are stored as JSON strings,
+    booleans as 0/1.
+
+    An existing run at ``path`` is an error unless ``overwrite`` (its epochs and embeddings are
+    deleted) or ``resume``: then nothing is written, after checking that the existing ``run.nc``
+    describes the same run (see :func:`_check_same_run`).
     """
     root = Path(path)
-    if (root / RUN_FILE).exists() or recorded_epochs(root):
-        if not overwrite:
-            raise RunError(
-                f"{root} already holds a NeuroMapper run: pass overwrite=True to replace it, "
-                "or choose another path"
-            )
-        for old in (root / EPOCH_DIR).glob("epoch-*.nc*"):
-            old.unlink()
-        for old in (root / "embeddings").glob("*.nc*"):
-            old.unlink()
     n = len(labels)
     coords = {
         "sample": np.arange(n) if sample_ids is None else np.asarray(sample_ids),
@@ -208,6 +206,8 @@ def create_run(
         "layer_units": ("layer", np.asarray(layer_units, dtype=np.int32)),
         "layer_kind": ("layer", np.array(layer_kinds, dtype=str)),
     }
+    if layer_reductions is not None:
+        data["layer_reduction"] = ("layer", np.array(layer_reductions, dtype=str))
     if images is not None:
         data["image"] = (("sample", "image_y", "image_x", "image_channel"), images.astype(np.uint8))
     ds = xr.Dataset(data, coords=coords)
@@ -220,7 +220,68 @@ def create_run(
         elif value is None:
             continue
         ds.attrs[key] = value
+    if (root / RUN_FILE).exists() or recorded_epochs(root):
+        if resume:
+            _check_same_run(root, ds)
+            return root / RUN_FILE
+        if not overwrite:
+            raise RunError(
+                f"{root} already holds a NeuroMapper run: pass resume=True to append to it, "
+                "overwrite=True to replace it, or choose another path"
+            )
+        for old in (root / EPOCH_DIR).glob("epoch-*.nc*"):
+            old.unlink()
+        for old in (root / "embeddings").glob("*.nc*"):
+            old.unlink()
     return write_atomic(ds, root / RUN_FILE, compression_encoding(ds, 4))
+
+
+def _check_same_run(root: Path, new: xr.Dataset) -> None:
+    """Raise :class:`RunError` naming each way ``new`` differs from the run at ``root``.
+
+    Epochs appended to a run must share its layers, probe and classes, or the run would mix
+    incomparable epochs; a SHA-256 of the probe inputs (attribute ``probe_sha256``) stands in for
+    the inputs themselves, which run.nc does not keep.
+    """
+    if not (root / RUN_FILE).exists():
+        raise RunError(
+            f"{root} holds epoch files but no {RUN_FILE}, so resume=True cannot check that they belong "
+            "to this run: pass overwrite=True to replace them, or choose another path"
+        )
+    old = open_netcdf(root / RUN_FILE).load()
+    old.close()
+    differences = []
+    for name, what in [("layer", "layer names"), ("layer_units", "layer widths"),
+                       ("layer_reduction", "layer reductions"), ("class", "class names"),
+                       ("sample", "probe sample ids"), ("label", "probe labels")]:
+        was = old[name].values if name in old.variables else None
+        now = new[name].values if name in new.variables else None
+        if was is None or now is None or len(was) != len(now) or not np.array_equal(was, now):
+            differences.append(f"{what}: {_difference(was, now)}")
+    if old.attrs.get("probe_sha256") != new.attrs.get("probe_sha256"):
+        differences.append(
+            f"probe inputs: SHA-256 {old.attrs.get('probe_sha256')} in the run, {new.attrs.get('probe_sha256')} now"
+        )
+    if differences:
+        raise RunError(
+            f"resume=True cannot append to {root}: this recorder differs from the recorded run in "
+            + "; ".join(differences)
+            + ". Pass overwrite=True to start the run afresh, or choose another path"
+        )
+
+
+def _difference(was: np.ndarray | None, now: np.ndarray | None) -> str:
+    """How a layer-table or probe column of the run differs from the new one, in a few words."""
+    if was is not None and now is not None and len(was) == len(now) > 12:
+        differing = np.flatnonzero(was != now)
+        return f"{len(differing)} of {len(was)} differ (first at position {differing[0]})"
+    return f"the run has {_listing(was)}, this recorder {_listing(now)}"
+
+
+def _listing(values: np.ndarray | None) -> str:
+    if values is None:
+        return "none"
+    return str(values.tolist()) if len(values) <= 12 else f"{len(values)} entries"
 
 
 def epoch_dataset(
