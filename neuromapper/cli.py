@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -63,9 +64,10 @@ def run_summary(path: str | Path) -> dict:
 
 
 def _print_summary(info: dict) -> None:
+    print = _print_terminal_safe  # names come from users: no control characters reach the terminal
     epochs = info["epochs"]
     print(f"run        {info['path']}")
-    print(f"dataset    {info['dataset']}   model {info['model']} ({info['parameters']:,} parameters)")
+    print(f"dataset    {info['dataset']}   model {info['model']} ({info['parameters'] or 0:,} parameters)")
     print(f"epochs     {len(epochs)} ({epochs[0]}-{epochs[-1]})")
     print(f"samples    {info['samples']:,}   classes {len(info['classes'])}: {', '.join(info['classes'])}")
     print("layers     " + ", ".join(f"{k} ({v})" for k, v in info["layers"].items()))
@@ -83,6 +85,13 @@ def _print_summary(info: dict) -> None:
               f"({e['created']}, {e['seconds']:.1f} s, {e['backend']}){covers}")
 
 
+def _print_terminal_safe(line: str) -> None:
+    """Print ``line`` with control characters (escape sequences, carriage returns) shown as ``\\xNN``."""
+    import builtins
+
+    builtins.print("".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in line))
+
+
 def _span(epochs: list[int]) -> str:
     """``"epochs 0-4"``, ``"epoch 3"`` or ``"no epochs"``."""
     if not epochs:
@@ -91,36 +100,98 @@ def _span(epochs: list[int]) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
     from .reduce import reduce
+    from .store import RUN_FILE, recorded_epochs
 
-    path = run_demo(out=args.out, dataset=args.dataset, epochs=args.epochs, root=args.root, n_probe=args.probe)
+    out = Path(args.out)
+    if (out / RUN_FILE).exists() and not args.overwrite:
+        # never delete a recorded run without being asked: the demo shows the one already there
+        print(f"{out} already holds a recorded run ({len(recorded_epochs(out))} epochs): showing it; "
+              "pass --overwrite to train and record it again", file=sys.stderr)
+        path = out
+    else:
+        from .demo import run_demo
+
+        path = run_demo(out=out, dataset=args.dataset, epochs=args.epochs, root=args.root, n_probe=args.probe)
     reduce(path, progress="tqdm")
     if not args.no_serve:
         serve(path, port=args.port, address="127.0.0.1", show=True)
     return 0
 
 
-def serve(run: str | Path, port: int = 5006, address: str = "127.0.0.1", show: bool = True) -> None:
-    """Serve the dashboard for ``run`` (a run, or a folder of runs) until interrupted; one app per session."""
-    import panel as pn
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
+
+def check_listen(address: str, port: int) -> None:
+    """Fail now, in one line, if the server could not listen on ``address:port``.
+
+    Raises
+    ------
+    ValueError
+        When ``port`` is out of range or ``address`` is not an interface of this machine.
+    OSError
+        When the port is taken (the message names it).
+    """
+    import errno
+    import socket
+
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"--port: expected 1-65535, got {port!r}")
+    try:
+        infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ValueError(f"--address: {address!r} is not an address of this machine ({exc.strerror})") from None
+    family, _, _, _, sockaddr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(sockaddr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise OSError(exc.errno, f"--port: port {port} on {address} is in use (another dashboard?); "
+                                         "choose another with --port") from None
+            raise ValueError(f"--address: cannot listen on {address}:{port} ({exc.strerror})") from None
+
+
+def serve(run: str | Path, port: int = 5006, address: str = "127.0.0.1", show: bool = True,
+          allow_websocket_origin: list[str] | None = None, **auth) -> None:
+    """Serve the dashboard for ``run`` (a run, or a folder of runs) until interrupted; one app per session.
+
+    The server binds ``127.0.0.1`` unless told otherwise. On any other address it is reachable
+    from other machines: that needs the hosts browsers will use in ``allow_websocket_origin``
+    (Bokeh refuses others), and it warns unless Panel's authentication is on (``auth``: Panel's
+    ``basic_auth``, ``cookie_secret``, ``oauth_provider``, ``oauth_key``, ``oauth_secret``,
+    passed through to :func:`panel.serve`).
+    """
     from .views.run import find_runs
-    from .views.shell import serve_app
 
     runs = find_runs(run)  # fail here, with the clear error, rather than in the first session
+    check_listen(address, port)
+    origins = [f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}", *(allow_websocket_origin or [])]
+    if address not in LOOPBACK:
+        if not allow_websocket_origin:
+            raise ValueError(f"--address {address}: the dashboard would be reachable from other machines, whose "
+                             "browsers connect under their own host name; name them with --allow-websocket-origin "
+                             "HOST:PORT (and consider --basic-auth)")
+        if not any(auth.get(k) for k in ("basic_auth", "oauth_provider")):
+            print(f"WARNING: serving on {address} without authentication: anyone who can reach this machine can "
+                  "open the dashboard and start reductions; use --basic-auth or --oauth-provider", file=sys.stderr)
+    import panel as pn
+
+    from .views.shell import serve_app
+
     pn.extension(notifications=True)
     what = f"{len(runs)} runs in {run}" if len(runs) > 1 else str(runs[0].path)
     print(f"NeuroMapper dashboard for {what} at http://{address}:{port}/ (Ctrl-C to stop)")
-    pn.serve(
-        {"/": lambda: serve_app(run)},
-        port=port, address=address, show=show, title="NeuroMapper",
-        websocket_origin=[f"{address}:{port}", f"localhost:{port}"],
-    )
+    pn.serve({"/": lambda: serve_app(run)}, port=port, address=address, show=show, title="NeuroMapper",
+             websocket_origin=origins, **{k: v for k, v in auth.items() if v})
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    serve(args.run, port=args.port, address=args.address, show=not args.no_show)
+    serve(args.run, port=args.port, address=args.address, show=not args.no_show,
+          allow_websocket_origin=args.allow_websocket_origin, basic_auth=args.basic_auth,
+          cookie_secret=args.cookie_secret, oauth_provider=args.oauth_provider, oauth_key=args.oauth_key,
+          oauth_secret=args.oauth_secret)
     return 0
 
 
@@ -208,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--root", default=None, help="torchvision dataset folder for mnist/fashion-mnist/cifar10")
     demo.add_argument("--no-serve", action="store_true", help="record and reduce only; do not open the dashboard")
     demo.add_argument("--port", type=int, default=5006, help="dashboard port (default 5006)")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="record again over a run already at --out (default: show the recorded run)")
     demo.set_defaults(func=cmd_demo)
 
     serve_cmd = sub.add_parser("serve", help="open the dashboard for a recorded run")
@@ -215,6 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--port", type=int, default=5006)
     serve_cmd.add_argument("--address", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     serve_cmd.add_argument("--no-show", action="store_true", help="do not open a browser")
+    serve_cmd.add_argument("--allow-websocket-origin", action="append", default=None, metavar="HOST[:PORT]",
+                           help="a host browsers use to reach this server (needed with --address other than 127.0.0.1)")
+    serve_cmd.add_argument("--basic-auth", default=None, metavar="PASSWORD|FILE",
+                           help="Panel's basic authentication: one password, or a JSON file of user: password")
+    serve_cmd.add_argument("--cookie-secret", default=None, help="Panel's cookie secret (with --basic-auth or OAuth)")
+    serve_cmd.add_argument("--oauth-provider", default=None, help="Panel's OAuth provider (e.g. github)")
+    serve_cmd.add_argument("--oauth-key", default=None, help="OAuth client id")
+    serve_cmd.add_argument("--oauth-secret", default=None, help="OAuth client secret")
     serve_cmd.set_defaults(func=cmd_serve)
 
     info = sub.add_parser("info", help="summarise a recorded run")
@@ -262,9 +343,27 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (RunError, ValueError, FileNotFoundError) as exc:
-        print(f"neuromapper {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"neuromapper {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (RunError, ValueError, TypeError, OSError) as exc:  # OSError: missing, unwritable, full, port taken
+        print(f"neuromapper {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug or an unforeseen failure: still one line; the traceback on request
+        if os.environ.get("NEUROMAPPER_DEBUG"):
+            raise
+        print(f"neuromapper {args.command}: error: unexpected {type(exc).__name__}: {_one_line(exc)} "
+              "(set NEUROMAPPER_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception's message on one line; OSErrors with the file they concern."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename and str(exc.filename) not in str(exc.strerror):
+        text = f"{exc.strerror}: {exc.filename}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":
