@@ -62,6 +62,7 @@ import multiprocessing
 import os
 import queue as _queue
 import sys
+import threading
 import time
 import types
 import uuid
@@ -221,9 +222,10 @@ _worker_stop = None
 _worker_limits = None
 
 
-def _init_worker(progress_queue, stop, blas_threads: int) -> None:
+def _init_worker(progress_queue, stop, blas_threads: int, parent: int) -> None:
     global _worker_queue, _worker_stop, _worker_limits
     _worker_queue, _worker_stop = progress_queue, stop
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="neuromapper-orphan-check").start()
     # Load every native library the methods use *before* limiting threads: threadpoolctl only
     # limits libraries already loaded. Each worker owns a share of the cores, so BLAS and OpenMP
     # must not start a thread per core in every worker.
@@ -235,6 +237,22 @@ def _init_worker(progress_queue, stop, blas_threads: int) -> None:
     from threadpoolctl import threadpool_limits
 
     _worker_limits = threadpool_limits(blas_threads)
+
+
+ORPHAN_CHECK_SECONDS = 0.5
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker when the process that started it is gone.
+
+    A ``reduce`` killed with SIGKILL (or SIGTERM, which skips ``finally``) cannot terminate its
+    workers; without this check they ran on, holding gigabytes, until their layer was done.
+    Workers write no files, so exiting at once loses nothing but the unfinished layer.
+    """
+    while True:
+        time.sleep(ORPHAN_CHECK_SECONDS)
+        if os.getppid() != parent:
+            os._exit(3)
 
 
 def _pool_task(index: int, task: LayerTask) -> dict:
@@ -295,7 +313,7 @@ def _run_pool(tasks, tracker, cancel: Event | None, n_jobs: int) -> list[dict]:
     # ProcessPoolExecutor rather than multiprocessing.Pool: a worker that dies (out of memory,
     # a crash in native code) breaks the executor and raises here, where Pool would hang.
     executor = ProcessPoolExecutor(n_jobs, mp_context=context, initializer=_init_worker,
-                                   initargs=(progress_queue, stop, blas_threads))
+                                   initargs=(progress_queue, stop, blas_threads, os.getpid()))
     try:
         pending = [executor.submit(_pool_task, i, task) for i, task in enumerate(tasks)]
         while True:
