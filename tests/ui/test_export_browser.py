@@ -17,7 +17,7 @@ import pytest
 import xarray as xr
 
 from neuromapper import export_html, layer_activations, open_run
-from neuromapper.export import _scene
+from neuromapper.scene import scene_for
 from neuromapper.synthetic import make_synthetic_run
 
 from .conftest import screenshot
@@ -101,7 +101,7 @@ def wait_rendered_after(page, count: int) -> None:
 
 def isolated_sample(run, embedding, layer: str, epoch_index: int, width: int) -> tuple[int, float, float]:
     """A sample with no other within 5 px in ``layer``: (index, x, y) in page pixels of its canvas."""
-    scene, _ = _scene(open_run(run), embedding)
+    scene, _ = scene_for(open_run(run), embedding)
     frame = scene.default_frame(layer, width, width)
     (x0, x1), (y0, y1) = frame.x_range, frame.y_range
     px = (scene.xs[layer][epoch_index] - x0) / (x1 - x0) * width
