@@ -115,22 +115,43 @@ def write_atomic(ds: xr.Dataset, target: str | os.PathLike, encoding: dict | Non
 
     The data go to ``target + '.tmp'``, are flushed to disk, and the file is renamed over
     ``target``; the directory entry is fsynced too, so a completed write survives a power cut.
+    A failed write (a full disk, a read-only folder) removes its temporary file and raises an
+    ``OSError`` naming ``target`` (HDF5 reports a full disk only as "NetCDF: HDF error").
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     ds = ds.load()  # lazy inputs are read (under the guard) before the write takes it
-    with HDF5_GUARD:
-        ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding or {})
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
+    try:
+        with HDF5_GUARD:
+            ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding or {})
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename:
+            raise
+        if isinstance(exc, (OSError, RuntimeError)):  # netCDF4 raises RuntimeError("NetCDF: HDF error")
+            free = _free_bytes(target.parent)
+            raise OSError(getattr(exc, "errno", None) or 0,
+                          f"could not write {target} ({type(exc).__name__}: {exc}; {free} free on that disk); "
+                          "nothing was changed", str(target)) from exc
+        raise
     dir_fd = os.open(target.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
     return target
+
+
+def _free_bytes(folder: Path) -> str:
+    try:
+        usage = os.statvfs(folder)
+    except OSError:
+        return "unknown space"
+    return f"{usage.f_bavail * usage.f_frsize / 1e6:,.1f} MB"
 
 
 CHUNK_BYTES = 4_000_000

@@ -334,3 +334,22 @@ def test_find_embedding_current_partial_or_cut_to_what_the_caller_has_open(tmp_p
     np.testing.assert_array_equal(cut.values, store.load_embedding(run, key).values[:3])
     store.write_embedding(run, _embedding(key, [0, 2]))  # not the run's first epochs: stale in every sense
     assert store.find_embedding(run) is None and store.find_embedding(run, partial=True) is None
+
+
+def test_a_full_disk_gives_a_clear_error_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    _make_run(run, epochs=2)
+    before = {p.name: p.read_bytes() for p in (run / store.EPOCH_DIR).iterdir()}
+    real = xr.Dataset.to_netcdf
+
+    def disk_fills_up(self, path, *args, **kwargs):
+        with open(path, "wb") as fh:  # part of the file reaches the disk, then HDF5 fails as it does on ENOSPC
+            fh.write(b"\x89HDF\r\n\x1a\n" + b"\0" * 4096)
+        raise RuntimeError("NetCDF: HDF error")
+
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", disk_fills_up)
+    with pytest.raises(OSError, match=r"could not write .*epoch-000002\.nc .*NetCDF: HDF error.*free on that disk"):
+        store.append_epoch(run, _epoch(2))
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", real)
+    assert {p.name: p.read_bytes() for p in (run / store.EPOCH_DIR).iterdir()} == before  # no .tmp, nothing changed
+    assert store.recorded_epochs(run) == [0, 1]
