@@ -53,6 +53,7 @@ import json
 import os
 import re
 import threading
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -232,7 +233,7 @@ def create_run(
     if images is not None:
         data["image"] = (("sample", "image_y", "image_x", "image_channel"), images.astype(np.uint8))
     ds = xr.Dataset(data, coords=coords)
-    ds.attrs = {"neuromapper_schema": SCHEMA_VERSION}
+    ds.attrs = {"neuromapper_schema": SCHEMA_VERSION, "run_id": uuid.uuid4().hex}
     for key, value in (attrs or {}).items():
         if isinstance(value, (dict, list, tuple)):
             value = json.dumps(value, default=str)
@@ -383,6 +384,9 @@ def append_epoch(
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
     epoch = int(ds["epoch"].values[0])
+    run_id = _run_id(path)
+    if run_id:  # stamped with the run it belongs to: a file copied in from another run is refused on open
+        ds = ds.assign_attrs(run_id=run_id)
     encoding = compression_encoding(ds, complevel)
     if precision == "16bit":
         encoding["activation"].update(packed_int16_encoding(ds["activation"].values))
@@ -495,7 +499,22 @@ def open_run(path: str | os.PathLike, chunks: dict | None = None) -> xr.Dataset:
     return ds
 
 
+def _run_id(path) -> str:
+    """The ``run_id`` of the run at ``path`` (runs written before run ids existed have none)."""
+    file = Path(path) / RUN_FILE
+    if not file.exists():
+        return ""
+    import netCDF4
+
+    with HDF5_GUARD, netCDF4.Dataset(file) as nc:
+        return str(getattr(nc, "run_id", ""))
+
+
 def _check_epoch_part(file: Path, part: xr.Dataset, static: xr.Dataset) -> None:
+    mine, theirs = static.attrs.get("run_id"), part.attrs.get("run_id")
+    if mine and theirs and mine != theirs:
+        raise RunError(f"{file} belongs to another run (run_id {theirs}, this run's is {mine}): it was copied "
+                       "in from elsewhere; remove it to open the rest of the run")
     for dim in ("sample", "layer"):
         if part.sizes.get(dim) != static.sizes.get(dim):
             raise RunError(

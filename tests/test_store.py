@@ -353,3 +353,13 @@ def test_a_full_disk_gives_a_clear_error_and_leaves_no_temporary_file(tmp_path, 
     monkeypatch.setattr(xr.Dataset, "to_netcdf", real)
     assert {p.name: p.read_bytes() for p in (run / store.EPOCH_DIR).iterdir()} == before  # no .tmp, nothing changed
     assert store.recorded_epochs(run) == [0, 1]
+
+
+def test_an_epoch_file_copied_from_another_run_of_the_same_shape_is_refused(tmp_path):
+    import shutil
+
+    _make_run(tmp_path / "a", epochs=2)
+    _make_run(tmp_path / "b", epochs=3)
+    shutil.copy(store.epoch_file(tmp_path / "b", 2), store.epoch_file(tmp_path / "a", 2))
+    with pytest.raises(RunError, match=r"epoch-000002\.nc belongs to another run"):
+        open_run(tmp_path / "a")
