@@ -4,7 +4,8 @@ What is measured, and why
 -------------------------
 The dashboard issue asks for a player step (one epoch forward) of four layer plots to repaint in
 well under a second at a million points per layer. This script serves the real dashboard
-(``NeuroMapper(run, embedding=da).template()``) with ``pn.serve`` in this process, opens it in
+(``App(run, embedding=da, dispatch=...).template()`` of :mod:`neuromapper.views.shell`, one App
+per browser session as ``serve_app`` makes them) with ``pn.serve`` in this process, opens it in
 Debian's chromium through Playwright, and for every configuration reports:
 
 * **step p50 / p95**: from the click on the player's ``button.next`` (or ``button.previous`` when
@@ -19,28 +20,42 @@ Debian's chromium through Playwright, and for every configuration reports:
   Playwright's round trips are not in the figure. Two warm-up steps per configuration are not
   counted.
 * **rendered ahead, and cold**: after each step the dashboard renders the next epoch in the
-  player's direction in the background (``NeuroMapper._render_ahead``), so a step normally
-  finds its pictures ready; the JSON counts such steps (``ahead_steps``). The steps that turn at
-  the first and last epoch find nothing ready. Each configuration is then run again **cold**
-  (``TimedNeuroMapper.bench_ahead = False``: nothing rendered ahead, every step renders its four
-  pictures, as a jump to a far epoch does); the bar is checked on the as-shipped steps, the
-  cold ones are printed beside them.
+  player's direction in the background (``EmbeddingPainter.render_ahead``), so a step normally
+  finds its pictures ready; the JSON counts such steps (``ahead_steps``, logged from
+  ``EmbeddingPainter._take_ahead``). The steps that turn at the first and last epoch find
+  nothing ready. Each configuration is then run again **cold** (``TimedEmbeddingView.bench_ahead
+  = False`` turns the painter's ``render_ahead`` into a no-op: nothing rendered ahead, every step
+  renders its four pictures, as a jump to a far epoch does); the bar is checked on the
+  as-shipped steps, the cold ones are printed beside them.
 * **server ms**: from the moment the server receives the player's new value to the end of its
   handling (all watchers: the rasters of the four layers, legend, quality line, curve marker).
   The dashboard's ``EpochPlayer`` skips Panel's 50 ms change debounce for ``value``; the
   player's second property, ``value_throttled``, arrives with it and is still handled 50 ms
   later (a no-op for the pictures, which have left by then), and that is included. The JSON
-  also has the handling alone (``work``) and ``NeuroMapper._push_images`` alone (``push``,
-  timed by a subclass that wraps it).
+  also has the handling alone (``work``) and ``EmbeddingView._push_images`` alone (``push``,
+  timed by a subclass, :class:`TimedEmbeddingView`, that the App builds in its place).
 * **MB per step**: websocket payload received by the page for the step, 10^6 bytes, counted in
   the page by a wrapper around ``WebSocket`` (Playwright's ``framereceived`` would pass every
   frame base64-encoded to this Python process, where decoding 2 MB per step took CPU and the
   GIL from the Panel server running in the same process).
 * **session MB**: resident memory of this (server) process gained by opening one more browser
-  session on the same run (``psutil``; the JSON also has what ``tracemalloc`` traced meanwhile).
-* the same with an **active linked selection**: ``viewer.select_box("layer0", box)`` is run on the
-  session's event loop (``doc.add_next_tick_callback``) with a box holding about 10% of the points,
-  so every layer draws the selected samples in colour over a grey backdrop, then the steps repeat.
+  session on the same run while the first is open (``psutil``; the JSON also has what
+  ``tracemalloc`` traced meanwhile). Sessions on one run and embedding share its
+  ``RunFacts`` and its scene (coordinates, labels, predictions, loss), so this is what a session
+  holds of its own.
+* the same with an **active linked selection**: ``app.embeddings.painter.select_box("layer0",
+  box)`` is run on the session's event loop (``doc.add_next_tick_callback``) with a box holding
+  about 10% of the points, so every layer draws the selected samples in colour over a grey
+  backdrop (the state holds their sample ids), then the steps repeat.
+* **trajectories of a 1,000-sample selection** (issue 9), at ``--trajectory-size`` points per
+  layer (1,000,000 by default): 1,000 sample ids drawn at random (seeded) are selected with
+  ``state.select(ids)``, and the same steps are timed with ``painter.trajectories = "off"`` and
+  ``"selection"`` (each selected sample's path up to the current epoch drawn into the picture).
+  The two alternate in blocks of five measured steps (one warm-up step each), each block
+  starting with a jump to the same epoch in the same direction, so both see the same epochs on
+  the same machine minutes; the blocks never turn at an end and never land on the first epoch
+  (where no path is drawn). Both are also timed cold. The bar is p50 with trajectories within
+  50 ms of p50 without.
 * **WebGL reference**: the same points as a plain Bokeh scatter (``output_backend="webgl"``, one
   ``scatter`` per layer, colour mapped from the class in the browser, fixed axis ranges), served
   by Panel with the same kind of player; a step replaces the ``x`` and ``y`` columns of the four
@@ -58,7 +73,9 @@ Debian's chromium through Playwright, and for every configuration reports:
   it: a DataFrame per layer and step.
 
 Then the bar of the issue is checked: p50 <= 250 ms for 4 x 1,000,000 points without selection,
-<= 350 ms with a selection, the 1M time <= 1.5x the 100k time, and 4 x 10,000,000 under 500 ms.
+<= 350 ms with a selection, the 1M time <= 1.5x the 100k time, 4 x 10,000,000 under 500 ms, and
+(issue 9) trajectories of 1,000 selected samples at 4 x 1,000,000 within 50 ms of the same steps
+without.
 
 The synthetic data, and what is never loaded
 --------------------------------------------
@@ -72,32 +89,30 @@ Predictions are correct with a probability rising from 30% to 95% over the epoch
 is ``-log`` of a probability drawn accordingly.
 
 The embedding ``(epoch, layer, sample, xy)`` float32 is generated directly in 2-D and given to the
-viewer as ``NeuroMapper(run, embedding=da)``: per layer, each class is a rotated, stretched
+app as ``App(run, embedding=da)``: per layer, each class is a rotated, stretched
 Gaussian around a centre; the centres start bunched (35% of their final spread), move apart
 over the epochs and drift by a random walk; each class turns a little per epoch and each sample
 turns around its class centre at its own rate, so every picture changes at every step. A
 compiled loop (numba) writes it, a few seconds at 10M. Its attributes imitate a stored
-embedding of the default method (``method`` must be one of ``neuromapper.methods.METHODS`` for
-the viewer to accept it); trustworthiness and disparity are NaN (not computed), no point is
+embedding of the default method (its ``params`` attribute is read by
+``ReduceParams.from_embedding``); trustworthiness and disparity are NaN (not computed), no point is
 unplaced. The dashboard therefore reads ``run.nc`` and the per-epoch ``prediction``, ``loss``,
 ``metric``; recorded activations never exist at full width and are never loaded.
 
-How sessions open the run: the server's factory gives each session ``TimedNeuroMapper(run,
-embedding=da)`` with ``run = open_run(path, chunks={"sample": -1})`` opened once, so each session
-reads label, prediction and loss (its own copies, counted in its memory) with one dask chunk per
-epoch. ``NeuroMapper(path)``, as ``dashboards/dashboard.py`` does it, reads them with the
-on-disk chunks (about 4 MB along ``sample``, ``neuromapper.store.CHUNK_BYTES``). It only affects
-page loads, not player steps; the details table prints both read times (the as-shipped one is
-not timed above 1,000,000 points).
+How sessions open the run: as shipped. The App opens it with ``RunFacts.open(path)`` (on-disk
+chunks, about 4 MB along ``sample``, ``neuromapper.store.CHUNK_BYTES``), once per server process:
+labels, predictions and loss are read into memory and shared by every session, and so is the
+scene built from them and the embedding. The benchmark opens it once before serving and times
+that (the details table prints it); page loads therefore do not include it.
 
 Runs are cached in ``--cache`` (default ``$TMPDIR/neuromapper-bench-dashboard``, printed) and
 reused when their parameters match; the embedding is regenerated in memory each time.
 
-Run it from the repository root (progress goes to stderr; a full run took 16 minutes on this
-2-core machine with nothing else running, see ``RESULTS-dashboard.md``)::
+Run it from the repository root (progress goes to stderr; a full run takes about 20 minutes on a
+2-core machine, see ``RESULTS-dashboard.md``)::
 
     .venv/bin/python benchmarks/bench_dashboard.py                              # 100k, 1M, 10M
-    .venv/bin/python benchmarks/bench_dashboard.py --sizes 20000 --steps 5      # quick check
+    .venv/bin/python benchmarks/bench_dashboard.py --quick                      # smoke run, 2-3 minutes
     .venv/bin/python benchmarks/bench_dashboard.py --json dashboard.json        # also write figures
 """
 
@@ -118,9 +133,10 @@ import tracemalloc
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import partial, wraps
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 import numba
 import numpy as np
@@ -134,10 +150,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the browser-test helpers below live in tests/ui/conftest.py
 
 from neuromapper import store  # noqa: E402
-from neuromapper.app import NeuroMapper  # noqa: E402
 from neuromapper.methods import DEFAULT_METHOD  # noqa: E402
 from neuromapper.plots import LAYER_SIZE  # noqa: E402
 from neuromapper.scene import class_palette, robust_bounds  # noqa: E402
+from neuromapper.views import jobs, shell  # noqa: E402
+from neuromapper.views.embedding import EmbeddingView  # noqa: E402
+from neuromapper.views.run import RunFacts  # noqa: E402
+from neuromapper.views.shell import App, EpochPlayer, _session_dispatch  # noqa: E402
 from tests.ui.conftest import CHROMIUM, CHROMIUM_ARGS, DOCUMENT_IDLE, IMAGE_CHECKSUMS, free_port  # noqa: E402
 
 N_EPOCHS = 10
@@ -149,10 +168,13 @@ SELECT_FRACTION = 0.10
 WARMUP_STEPS = 2
 VIEWPORT = {"width": 1800, "height": 1100}
 MB = 1e6
-# Sessions get the run opened once with one dask chunk per epoch (see the module docstring).
-SESSION_CHUNKS = {"sample": -1}
-AS_SHIPPED_MAX = 1_000_000  # above this, the as-shipped read is not timed (minutes at 10M)
-BAR = {"1M": 250.0, "1M selection": 350.0, "1M / 100k": 1.5, "10M": 500.0}
+BAR = {"1M": 250.0, "1M selection": 350.0, "1M / 100k": 1.5, "10M": 500.0, "1M trajectories": 50.0}
+TRAJECTORY_SAMPLES = 1_000
+TRAJECTORY_BLOCK = 5  # measured steps per block; the trajectory cases alternate block by block
+# (start epoch index, direction) of each block: six steps (one warm-up) never turn at an end
+# and never land on the first epoch, where no path is drawn.
+TRAJECTORY_STARTS = ((0, 1), (N_EPOCHS - 1, -1), (2, 1), (N_EPOCHS - 3, -1))
+QUICK = {"sizes": "100000", "steps": 6, "tutorial_steps": 0, "reference_budget": 20.0}
 
 
 # -- synthetic data -------------------------------------------------------------------------------
@@ -301,7 +323,7 @@ class ServerLog:
 
     received: list[float] = field(default_factory=list)  # player value arrived from the browser
     handled: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of the handling
-    push: list[float] = field(default_factory=list)  # seconds in NeuroMapper._push_images / the update
+    push: list[float] = field(default_factory=list)  # seconds in EmbeddingView._push_images / the update
     ahead: list[bool] = field(default_factory=list)  # NeuroMapper: were the pictures rendered ahead?
 
     def mark(self) -> tuple[int, int, int, int]:
@@ -338,37 +360,81 @@ def instrument_player(player, log: ServerLog) -> None:
     player._server_change, player._change_event = on_server_change, on_change_event
 
 
-class TimedNeuroMapper(NeuroMapper):
-    """The dashboard with its player hot path (``_push_images``) timed.
+class TimedEmbeddingView(EmbeddingView):
+    """The Embeddings page with its player hot path (``_push_images``) timed.
 
     It also logs whether a step found its pictures rendered ahead, and with ``bench_ahead =
     False`` renders nothing ahead, so that every step renders its four pictures (the cold rows).
+    Both are done by wrapping two methods of this view's :class:`EmbeddingPainter` instance
+    (``render_ahead``, called by ``_push_images``, and ``_take_ahead``, called by
+    ``layer_image``): the painter calls them through ``self``, and the view builds its own
+    painter, so a painter subclass could not be put in its place.
     """
 
-    def __init__(self, run, embedding=None, log: ServerLog | None = None, **params):
-        self.bench_log = log or ServerLog()  # set first: _push_images may run during __init__
+    def __init__(self, state, **params):
+        self.bench_log = ServerLog()  # set first: _push_images may run during __init__
         self.bench_ahead = True
-        super().__init__(run, embedding=embedding, **params)
-        instrument_player(self._player, self.bench_log)
+        super().__init__(state, **params)
+        painter = self.painter
+        render_ahead, take_ahead = painter.render_ahead, painter._take_ahead
 
-    def _render_ahead(self) -> None:
-        if self.bench_ahead:
-            super()._render_ahead()
-        else:
-            self._ahead = None
+        def maybe_render_ahead() -> None:
+            if self.bench_ahead:
+                render_ahead()
+            else:
+                painter._ahead = None
 
-    def _take_ahead(self, key: tuple) -> dict:
-        images = super()._take_ahead(key)
-        self.bench_log.ahead.append(bool(images))
-        return images
+        def logged_take_ahead(key: tuple) -> dict:
+            images = take_ahead(key)
+            self.bench_log.ahead.append(bool(images))
+            return images
 
-    @wraps(NeuroMapper._push_images)  # keeps param's dependency info, so the watcher is this method
-    def _push_images(self) -> None:
+        painter.render_ahead, painter._take_ahead = maybe_render_ahead, logged_take_ahead
+
+    def _push_images(self, *events) -> None:  # the state's watchers were bound to this method in __init__
         start = time.perf_counter()
         try:
-            super()._push_images()
+            super()._push_images(*events)
         finally:
             self.bench_log.push.append(time.perf_counter() - start)
+
+
+@contextmanager
+def timed_pages():
+    """Apps built meanwhile get a :class:`TimedEmbeddingView` as their Embeddings page.
+
+    ``App`` builds its pages from the module's ``PAGES`` table; it takes no page classes.
+    """
+    with mock.patch.dict(shell.PAGES, {"Embeddings": TimedEmbeddingView}):
+        yield
+
+
+@contextmanager
+def reduction_returns(embedding: xr.DataArray):
+    """Sessions that ask the server's reduce jobs for an embedding get ``embedding`` at once.
+
+    A session given ``embedding=`` still joins a reduce job for that embedding's parameters when
+    the run has none stored (``SessionState.__init__`` sets ``reduce_params``, whose watcher
+    ``_request`` looks in the store before the given embedding is shown). Left alone, that job
+    reduces the synthetic run's placeholder activations in this process and two worker
+    processes during the whole measurement, shows an animated progress bar in the page, and
+    would replace the shown embedding when done. As shipped, a run's stored embedding is found
+    and nothing is computed; this makes the benchmark's sessions behave the same way.
+    """
+    def join(root, params, listener):
+        listener.done(embedding)  # handed to the session's event loop by its dispatch
+        return -1
+
+    with mock.patch.object(jobs.JOBS, "join", join), mock.patch.object(jobs.JOBS, "leave", lambda token: None):
+        yield
+
+
+def app_player(template) -> EpochPlayer:
+    """The epoch player in an App's template (the App keeps no reference to it)."""
+    players = [found for item in template.sidebar for found in item.select(EpochPlayer)]
+    if len(players) != 1:
+        raise RuntimeError(f"expected one EpochPlayer in the sidebar, found {len(players)}")
+    return players[0]
 
 
 # -- the reference apps ------------------------------------------------------------------------------
@@ -615,15 +681,15 @@ def settle(page: Page, server_done, timeout_s: float, quiet_s: float = 0.3) -> N
 
 
 def run_steps(page: Page, log: ServerLog, kind: str, n_steps: int, position: list[int], timeout_s: float,
-              budget_s: float | None = None, progress: str = "") -> list[dict]:
-    """Click through ``WARMUP_STEPS + n_steps`` player steps; return the measured ones.
+              budget_s: float | None = None, progress: str = "", warmup: int = WARMUP_STEPS) -> list[dict]:
+    """Click through ``warmup + n_steps`` player steps; return the measured ones.
 
     ``position`` is the player's epoch index, updated in place: steps go forward to the last
     epoch and back, one epoch at a time. With ``budget_s``, stops once that many seconds of
     measured steps have passed (at least three steps are attempted).
     """
     measured, started = [], time.monotonic()
-    for i in range(WARMUP_STEPS + n_steps):
+    for i in range(warmup + n_steps):
         if position[1] > 0 and position[0] == N_EPOCHS - 1:
             position[1] = -1
         elif position[1] < 0 and position[0] == 0:
@@ -644,7 +710,7 @@ def run_steps(page: Page, log: ServerLog, kind: str, n_steps: int, position: lis
         settle(page, lambda m=mark: len(log.handled) > m[1], timeout_s)
         step = {"ms": result["ms"], "arrived_ms": result["arrived_ms"], "bytes": page.counter.received - received,
                 **log.since(mark)}
-        if i >= WARMUP_STEPS:
+        if i >= warmup:
             measured.append(step)
             print(f"\r  {progress}: step {len(measured)}/{n_steps} {step['ms']:8.0f} ms", end="", file=sys.stderr)
             if budget_s is not None and len(measured) >= 3 and time.monotonic() - started > budget_s:
@@ -729,64 +795,110 @@ def summarize(steps: list[dict]) -> dict:
     }
 
 
-def facts_read_seconds(path: Path, chunks: dict | None) -> float:
-    """Seconds to open the run and read what a viewer reads per sample: label, prediction, loss."""
+def facts_read_seconds(path: Path) -> float:
+    """Seconds to open the run as the App does (``RunFacts.open``: label, prediction, loss read).
+
+    Called before the first session, so this is the one read that sessions then share.
+    """
     start = time.perf_counter()
-    run = store.open_run(path, chunks=chunks)
-    for name in ("label", "prediction", "loss"):
-        run[name].values  # noqa: B018 - the read is what is timed
+    RunFacts.open(path)
     return time.perf_counter() - start
 
 
+def change(page: Page, view: TimedEmbeddingView, fn, *args, repaints: bool = True, timeout_s: float = 60) -> None:
+    """Run ``fn(*args)`` on the session's event loop; wait for its repaint (if any) and a settled page."""
+    mark = view.bench_log.mark()
+    done = []
+    on_session(view.bench_doc, lambda: (fn(*args), done.append(True)))
+    settle(page, lambda: bool(done) and (not repaints or len(view.bench_log.push) > mark[2]), timeout_s)
+
+
+def bench_trajectories(page: Page, app: App, n_steps: int, timeout_s: float) -> dict:
+    """Issue 9: the same steps with and without trajectories of 1,000 selected samples (see the docstring)."""
+    state, view = app.state, app.embeddings
+    painter, epochs = view.painter, state.scene.epochs
+    ids = np.sort(np.random.default_rng([SEED, 3]).choice(state.scene.samples, TRAJECTORY_SAMPLES, replace=False))
+    change(page, view, state.select, ids, timeout_s=timeout_s)
+    n = len(state.scene)
+    cases = {("off", True): "trajectories off", ("selection", True): "trajectories",
+             ("off", False): "trajectories off cold", ("selection", False): "trajectories cold"}
+    steps = {case: [] for case in cases.values()}
+    for block, first in enumerate(range(0, n_steps, TRAJECTORY_BLOCK)):
+        start, direction = TRAJECTORY_STARTS[block % len(TRAJECTORY_STARTS)]
+        for (mode, ahead), case in cases.items():
+            view.bench_ahead = ahead
+            painter._ahead = None  # nothing rendered ahead for another case is used
+            if painter.trajectories != mode:
+                before = page.page.evaluate(IMAGE_CHECKSUMS)
+                change(page, view, setattr, painter, "trajectories", mode, timeout_s=timeout_s)
+                same = [title for title, value in page.page.evaluate(IMAGE_CHECKSUMS).items() if before.get(title) == value]
+                if same and state.epoch != epochs[0]:  # no path is drawn at the first epoch
+                    raise RuntimeError(f"trajectories {mode!r} did not change the pictures of {', '.join(same)}")
+            change(page, view, setattr, state, "epoch", epochs[start], repaints=state.epoch != epochs[start],
+                   timeout_s=timeout_s)
+            steps[case] += run_steps(page, view.bench_log, "nm", min(TRAJECTORY_BLOCK, n_steps - first),
+                                     [start, direction], timeout_s, warmup=1,
+                                     progress=f"NeuroMapper {n:,}, {TRAJECTORY_SAMPLES:,} selected, {case}, block {block + 1}")
+    view.bench_ahead = True
+    change(page, view, setattr, painter, "trajectories", "off", timeout_s=timeout_s)
+    out = {case: {**summarize(measured), "selected": int(len(state.selection))} for case, measured in steps.items()}
+    out["trajectories"]["paths_drawn"] = int(painter.path_members(painter.view_state()).size)
+    return out
+
+
 def bench_neuromapper(browser, run_path: Path, values: np.ndarray, args) -> dict:
-    """The dashboard: steps without and with a selection, then the memory of one more session."""
+    """The dashboard: steps without and with a selection (and trajectories), then one more session's memory."""
     n = values.shape[2]
-    out = {"facts_read_s": {"one chunk per epoch": facts_read_seconds(run_path, SESSION_CHUNKS)}}
-    if n <= AS_SHIPPED_MAX:
-        out["facts_read_s"]["on-disk chunks"] = facts_read_seconds(run_path, None)
-    run = store.open_run(run_path, chunks=SESSION_CHUNKS)
-    embedding = embedding_array(values, run)
-    viewers: list[TimedNeuroMapper] = []
+    out = {"facts_read_s": {"RunFacts.open (on-disk chunks), once per server": facts_read_seconds(run_path)}}
+    embedding = embedding_array(values, RunFacts.open(run_path).ds)
+    apps: list[App] = []
 
     def factory():
-        viewer = TimedNeuroMapper(run, embedding=embedding)
-        viewer.bench_doc = pn.state.curdoc
-        viewers.append(viewer)
-        return viewer.template()
+        app = App(run_path, embedding=embedding, dispatch=_session_dispatch())
+        pn.state.on_session_destroyed(lambda _context: app.dispose())
+        template = app.template()
+        app.embeddings.bench_doc = pn.state.curdoc
+        instrument_player(app_player(template), app.embeddings.bench_log)
+        apps.append(app)
+        return template
 
-    with served(factory) as url:
+    with timed_pages(), reduction_returns(embedding), served(factory) as url:
         page = open_page(browser, url, "nm", N_LAYERS, args.load_timeout)
         try:
-            viewer = viewers[-1]
+            app = apps[-1]
+            view = app.embeddings
+            if app.state.progress is not None or app.state.scene is None:
+                raise RuntimeError(f"the session is not showing the embedding at rest: {app.state.status!r}")
             out["load_s"] = page.load_s
             position = [0, 1]
 
             def steps_both_ways(case: str, label: str) -> None:
                 """Steps as shipped (pictures rendered ahead), then cold (every step renders)."""
-                steps = run_steps(page, viewer.bench_log, "nm", args.steps, position, args.step_timeout,
+                steps = run_steps(page, view.bench_log, "nm", args.steps, position, args.step_timeout,
                                   progress=f"NeuroMapper {n:,}{label}")
                 out[case] = summarize(steps)
-                viewer.bench_ahead, viewer._ahead = False, None
-                steps = run_steps(page, viewer.bench_log, "nm", args.steps, position, args.step_timeout,
+                view.bench_ahead, view.painter._ahead = False, None
+                steps = run_steps(page, view.bench_log, "nm", args.steps, position, args.step_timeout,
                                   progress=f"NeuroMapper {n:,}{label}, cold")
                 out[f"{case} cold"] = summarize(steps)
-                viewer.bench_ahead = True
+                view.bench_ahead = True
 
             steps_both_ways("none", "")
             e = position[0]
             box = selection_box(values[e, 0, :, 0], values[e, 0, :, 1])
-            mark = viewer.bench_log.mark()
-            on_session(viewer.bench_doc, viewer.select_box, "layer0", box)
-            settle(page, lambda: viewer.selection is not None and len(viewer.bench_log.push) > mark[2],
-                   args.step_timeout)
-            selected = len(viewer.selection)
+            change(page, view, view.painter.select_box, "layer0", box, timeout_s=args.step_timeout)
+            selected = len(app.state.selection)
             steps_both_ways("selection", " + selection")
             out["selection"].update(selected=selected, box=box, selected_at_epoch=e)
+            if n == args.trajectory_size:
+                out.update(bench_trajectories(page, app, args.steps, args.step_timeout))
             out["errors"] = list(page.errors)
         finally:
             page.close()
         out["session"] = session_memory(browser, url, "nm", args.load_timeout)
-    viewers.clear()
+    for app in apps:  # their sessions may outlive the stopped server (no on_session_destroyed then)
+        app.dispose()
+    apps.clear()
     return out
 
 
@@ -832,7 +944,7 @@ def bench_reference(browser, factory_of, values: np.ndarray, kind: str, args, wi
 
 
 def memory_needed(n: int) -> float:
-    """Rough bytes a size needs here: coordinates shared once, plus two sessions' scenes and facts."""
+    """Rough bytes a size needs here (generous: sessions now share one scene and one copy of the facts)."""
     coords = N_EPOCHS * N_LAYERS * n * 2 * 4
     facts = N_EPOCHS * n * (2 + 4) * 3  # prediction + loss: run arrays and the scene's copies
     return coords + 2 * (coords + facts)
@@ -841,16 +953,23 @@ def memory_needed(n: int) -> float:
 # -- main --------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="100000,1000000,10000000",
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: sizes {QUICK['sizes']}, {QUICK['steps']} steps, no tutorial, a "
+                             f"{QUICK['reference_budget']:.0f} s reference budget, trajectories at the first size "
+                             "(options given explicitly still win)")
+    parser.add_argument("--sizes", default=None,
                         help="points per layer, comma-separated (default 100000,1000000,10000000)")
-    parser.add_argument("--steps", type=int, default=20, help="measured player steps per configuration (default 20)")
+    parser.add_argument("--steps", type=int, default=None, help="measured player steps per configuration (default 20)")
+    parser.add_argument("--trajectory-size", type=int, default=None,
+                        help="points per layer at which trajectories of 1,000 selected samples are timed "
+                             "(default 1000000; 0 skips)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to this JSON file")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "neuromapper-bench-dashboard",
                         help="directory for the synthetic runs, reused across invocations")
     parser.add_argument("--no-reference", action="store_true", help="skip the scatter reference")
     parser.add_argument("--reference-backend", choices=("webgl", "canvas"), default="webgl",
                         help="Bokeh output_backend of the scatter reference (default webgl, as the issue asks)")
-    parser.add_argument("--tutorial-steps", type=int, default=5,
+    parser.add_argument("--tutorial-steps", type=int, default=None,
                         help="steps of HoloViews' tutorial rasterize (0 skips; default 5)")
     parser.add_argument("--tutorial-size", type=int, default=1_000_000,
                         help="points per layer at which the tutorial rasterize runs (default 1000000)")
@@ -858,15 +977,25 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--step-timeout", type=float, default=60, help="seconds for one dashboard step")
     parser.add_argument("--reference-timeout", type=float, default=60,
                         help="seconds for a reference page to load or take one step (default 60)")
-    parser.add_argument("--reference-budget", type=float, default=90,
+    parser.add_argument("--reference-budget", type=float, default=None,
                         help="seconds of reference steps per configuration before stopping early (default 90)")
     args = parser.parse_args(argv)
+    defaults = {"sizes": "100000,1000000,10000000", "steps": 20, "tutorial_steps": 5, "reference_budget": 90.0}
+    for name, default in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, QUICK[name] if args.quick else default)
     try:
         sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
     except ValueError:
         parser.error(f"--sizes: expected comma-separated integers, got {args.sizes!r}")
     if not sizes or min(sizes) < N_CLASSES or args.steps < 1:
         parser.error(f"--sizes must be integers >= {N_CLASSES} and --steps positive")
+    if args.trajectory_size is None:
+        args.trajectory_size = sizes[0] if args.quick else 1_000_000
+    if args.trajectory_size and args.trajectory_size not in sizes:
+        parser.error(f"--trajectory-size {args.trajectory_size} is not one of --sizes {sizes}")
+    if args.trajectory_size and args.trajectory_size < TRAJECTORY_SAMPLES:
+        parser.error(f"--trajectory-size must be at least {TRAJECTORY_SAMPLES} points")
     if not Path(CHROMIUM).exists():
         sys.exit(f"{CHROMIUM} is missing: install Debian's chromium (`make chromium`)")
 
@@ -881,7 +1010,8 @@ def main(argv: list[str] | None = None) -> dict:
         "versions": {name: __import__(name).__version__ for name in ("panel", "bokeh", "holoviews", "datashader",
                                                                      "numpy", "numba")},
         "epochs": N_EPOCHS, "layers": N_LAYERS, "classes": N_CLASSES, "steps": args.steps,
-        "select_fraction": SELECT_FRACTION, "reference_backend": args.reference_backend, "sizes": {},
+        "select_fraction": SELECT_FRACTION, "reference_backend": args.reference_backend,
+        "trajectory_size": args.trajectory_size, "trajectory_samples": TRAJECTORY_SAMPLES, "sizes": {},
     }
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -955,6 +1085,9 @@ def check_bar(results: dict) -> list[dict]:
     a, b = _p50(results, 1_000_000, "none"), _p50(results, 100_000, "none")
     add("p50 at 4 x 1,000,000 / p50 at 4 x 100,000", None if a is None or b is None else a / b, BAR["1M / 100k"], "x")
     add("p50, 4 x 10,000,000 points, no selection", _p50(results, 10_000_000, "none"), BAR["10M"])
+    a, b = _p50(results, 1_000_000, "trajectories"), _p50(results, 1_000_000, "trajectories off")
+    add(f"p50 with - without trajectories of {TRAJECTORY_SAMPLES:,} selected, 4 x 1M",
+        None if a is None or b is None else a - b, BAR["1M trajectories"])
     return checks
 
 
@@ -979,7 +1112,7 @@ def report(r: dict) -> None:
           "cold = the same with nothing rendered ahead; server = value received -> handled (ms);\n"
           "MB = websocket payload per step (10^6 bytes); session MB = server RSS gained by one more session; "
           f"speed-up = {ref_name} p50 / NeuroMapper p50\n")
-    header = (f"{'points/layer':>12} | {'selection':<9} | {'p50 ms':>7} | {'p95 ms':>7} | {'cold p50':>8} | {'server ms':>9} | "
+    header = (f"{'points/layer':>12} | {'selection':<11} | {'p50 ms':>7} | {'p95 ms':>7} | {'cold p50':>8} | {'server ms':>9} | "
               f"{'MB/step':>7} | {'session MB':>10} | {ref_name + ' p50':>10} | {ref_name + ' MB':>8} | {'speed-up':>8}")
     print(header)
     print("-" * len(header))
@@ -990,10 +1123,15 @@ def report(r: dict) -> None:
             print(f"{n:>12,} | skipped: {entry['skipped']}")
             continue
         nm, webgl = entry["neuromapper"], entry.get("webgl")
-        for case, label in (("none", "none"), ("selection", "active")):
-            s = nm[case]
+        for case, label in (("none", "none"), ("selection", "active"), ("trajectories off", "1k, paths -"),
+                            ("trajectories", "1k, paths")):
+            s = nm.get(case)
+            if s is None:
+                continue
             ref = (webgl or {}).get(case)
-            if webgl is None:
+            if case.startswith("trajectories"):
+                ref_p50, ref_mb, speed = "-", "-", "-"
+            elif webgl is None:
                 ref_p50, ref_mb, speed = "not run", "-", "-"
             elif ref is None:
                 ref_p50, ref_mb, speed = "no result", "-", "-"
@@ -1007,14 +1145,16 @@ def report(r: dict) -> None:
                                  "time budget")
             session = nm["session"]["rss_mb"]
             cold = nm.get(f"{case} cold", {}).get("p50_ms")
-            print(f"{n:>12,} | {label:<9} | {s['p50_ms']:7.0f} | {s['p95_ms']:7.0f} | {_fmt(cold, '8.0f')} | "
+            print(f"{n:>12,} | {label:<11} | {s['p50_ms']:7.0f} | {s['p95_ms']:7.0f} | {_fmt(cold, '8.0f')} | "
                   f"{_fmt(s['server_p50_ms'], '9.0f'):>9} | "
                   f"{s['mb_per_step']:7.2f} | {session:10.0f} | {ref_p50:>10} | {ref_mb:>8} | {speed:>8}")
     for note in dict.fromkeys(notes):
         print(f"  {note}")
+    print(f"  active = {r['select_fraction']:.0%} of the points selected by a box; 1k = {r['trajectory_samples']:,} "
+          "samples selected at random, their trajectories drawn (paths) or not (paths -), the same steps interleaved")
 
     print("\nDetails (p50 over the measured steps)")
-    print(f"  {'points/layer':>12} {'app':<28} {'selection':<14} {'load s':>7} {'data in':>8} {'painted':>8} "
+    print(f"  {'points/layer':>12} {'app':<28} {'selection':<21} {'load s':>7} {'data in':>8} {'painted':>8} "
           f"{'server':>7} {'handling':>8} {'render+push':>11} {'session MB (traced)':>20}")
     for key, entry in r["sizes"].items():
         if "skipped" in entry:
@@ -1025,16 +1165,17 @@ def report(r: dict) -> None:
             if a is None:
                 continue
             if "none" not in a:
-                print(f"  {int(key):>12,} {app:<28} {'':<9} {a.get('error', 'no result')}")
+                print(f"  {int(key):>12,} {app:<28} {'':<21} {a.get('error', 'no result')}")
                 continue
-            for case in ("none", "none cold", "selection", "selection cold"):
+            for case in ("none", "none cold", "selection", "selection cold", "trajectories off",
+                         "trajectories off cold", "trajectories", "trajectories cold"):
                 s = a.get(case)
                 if s is None:
                     continue
                 sess = a.get("session", {})
                 memory = (f"{sess['rss_mb']:.0f} ({sess['traced_mb']:.0f})" if "rss_mb" in sess
                           else sess.get("error", "-")[:20])
-                print(f"  {int(key):>12,} {app:<28} {case:<14} {a['load_s']:7.1f} {_fmt(s['arrived_p50_ms'], '8.0f')} "
+                print(f"  {int(key):>12,} {app:<28} {case:<21} {a['load_s']:7.1f} {_fmt(s['arrived_p50_ms'], '8.0f')} "
                       f"{s['p50_ms']:8.0f} {_fmt(s['server_p50_ms'], '7.0f')} {_fmt(s['work_p50_ms'], '8.0f')} "
                       f"{_fmt(s['push_p50_ms'], '11.0f')} {memory:>20}   ({s['steps']} steps, "
                       f"{s['mb_per_step']:.2f} MB/step" + (f", {s['ahead_steps']} rendered ahead)" if app_key ==
@@ -1049,15 +1190,32 @@ def report(r: dict) -> None:
             text = ", ".join(f"{seconds:.1f} s with {how}" for how, seconds in reads.items())
             print(f"  {int(key):>12,} opening the run and reading label, prediction, loss: {text}")
     print("  data in = click -> new pictures in the page; painted = two frames later; handling = server work"
-          " alone (the reference player's 50 ms debounce left out); render+push = NeuroMapper._push_images (reference: its source update)")
+          " alone (the reference player's 50 ms debounce left out); render+push = EmbeddingView._push_images (reference: its"
+          " source update)")
     print("  cold = the same steps with nothing rendered ahead: every step renders its four pictures (as a jump to"
           " a far epoch, or a step against the player's direction, does)")
 
+    for key, entry in r["sizes"].items():
+        nm = entry.get("neuromapper", {})
+        if "trajectories" not in nm:
+            continue
+        with_, without = nm["trajectories"], nm["trajectories off"]
+        cold, cold_without = nm["trajectories cold"], nm["trajectories off cold"]
+        print(f"\nTrajectories of {with_['selected']:,} selected samples (issue 9), 4 x {int(key):,} points: "
+              f"{with_['paths_drawn']:,} paths per layer, the same steps with and without, interleaved in blocks")
+        print(f"  as shipped: p50 {with_['p50_ms']:.0f} ms with, {without['p50_ms']:.0f} ms without: "
+              f"{with_['p50_ms'] - without['p50_ms']:+.0f} ms (p95 {with_['p95_ms']:.0f} / {without['p95_ms']:.0f} ms; "
+              f"{with_['ahead_steps']} / {without['ahead_steps']} of {with_['steps']} steps rendered ahead)")
+        print(f"  cold:       p50 {cold['p50_ms']:.0f} ms with, {cold_without['p50_ms']:.0f} ms without: "
+              f"{cold['p50_ms'] - cold_without['p50_ms']:+.0f} ms (render+push {_fmt(cold['push_p50_ms'], '.0f')} / "
+              f"{_fmt(cold_without['push_p50_ms'], '.0f')} ms)")
+
     print("\nThe bar of the dashboard issue")
     for c in r["bar"]:
-        value = "-" if c["value"] is None else (f"{c['value']:.2f}x" if c["unit"] == "x" else f"{c['value']:.0f} ms")
+        value = "-" if c["value"] is None else (f"{c['value']:.2f}x" if c["unit"] == "x" else f"{c['value']:+.0f} ms"
+                                                if c["check"].startswith("p50 with -") else f"{c['value']:.0f} ms")
         limit = f"{c['limit']:.1f}x" if c["unit"] == "x" else f"{c['limit']:.0f} ms"
-        print(f"  {c['verdict']:<12} {c['check']:<55} {value:>10}  (limit {limit})")
+        print(f"  {c['verdict']:<12} {c['check']:<60} {value:>10}  (limit {limit})")
 
 
 if __name__ == "__main__":
