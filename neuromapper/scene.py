@@ -320,10 +320,19 @@ class EmbeddingScene:
 
 
 def scene_for(run: xr.Dataset, embedding: xr.DataArray) -> tuple[EmbeddingScene, np.ndarray]:
-    """The scene of ``embedding`` joined with the run's labels, predictions and loss.
+    """The scene of ``embedding`` joined with a run Dataset's labels, predictions and loss (see :func:`join`)."""
+    return join(embedding, np.asarray(run["sample"].values), [int(e) for e in run["epoch"].values],
+                np.asarray(run["label"].values), np.asarray(run["prediction"].values),
+                np.asarray(run["loss"].values), [str(c) for c in run["class"].values])
+
+
+def join(embedding: xr.DataArray, samples, epochs, labels, predictions, loss,
+         class_names) -> tuple[EmbeddingScene, np.ndarray]:
+    """The scene of ``embedding`` joined with a run's per-sample arrays (the run's order).
 
     Returns the scene and each embedded sample's position in the run. The one place where a run
-    and an embedding meet (the dashboard and the export both draw through it).
+    and an embedding meet: the dashboard (from the arrays it already holds) and the export (from
+    the Dataset, :func:`scene_for`) both draw through it.
 
     Raises
     ------
@@ -332,22 +341,20 @@ def scene_for(run: xr.Dataset, embedding: xr.DataArray) -> tuple[EmbeddingScene,
     """
     import pandas as pd
 
-    position = pd.Index(np.asarray(run["sample"].values)).get_indexer(embedding["sample"].values)
+    position = pd.Index(np.asarray(samples)).get_indexer(embedding["sample"].values)
     if (position < 0).any():
         raise ValueError("embedding: its samples are not all in this run (was it computed for another run?)")
-    run_epochs = pd.Index([int(e) for e in run["epoch"].values])
+    run_epochs = pd.Index([int(e) for e in epochs])
     epoch_index = run_epochs.get_indexer([int(e) for e in embedding["epoch"].values])
     if (epoch_index < 0).any():
         missing = [int(e) for e, i in zip(embedding["epoch"].values, epoch_index) if i < 0]
         raise ValueError(f"embedding: epochs {missing} are not recorded in this run (recorded: {list(run_epochs)})")
-    predictions = np.asarray(run["prediction"].values)
-    loss = np.asarray(run["loss"].values)
     scene = EmbeddingScene(
         embedding,
-        labels=np.asarray(run["label"].values)[position],
-        predictions=predictions[np.ix_(epoch_index, position)],
-        loss=loss[np.ix_(epoch_index, position)],
-        class_names=[str(c) for c in run["class"].values],
+        labels=np.asarray(labels)[position],
+        predictions=np.asarray(predictions)[np.ix_(epoch_index, position)],
+        loss=np.asarray(loss)[np.ix_(epoch_index, position)],
+        class_names=list(class_names),
     )
     return scene, position
 

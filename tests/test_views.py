@@ -187,6 +187,7 @@ def test_unplaced_points_are_counted_and_never_crash(embedded):
     da = da.assign_coords(unplaced=(("epoch", "layer"), unplaced))
     del da.attrs["key"]  # no longer the stored embedding of that key (sessions share scenes by key)
     state = SessionState(embedded, embedding=da)
+    assert state.progress is None and state._job_token is None  # a given embedding starts no reduction
     painter = EmbeddingPainter(state)
     state.epoch = 2
     assert "7 unplaced" in painter.quality_html("conv2")

@@ -45,6 +45,20 @@ HOVER_RADIUS_PX = 6
 LOOP_POLICIES = ("once", "loop", "reflect")
 
 
+def _draw_paths(paths: tuple, rgba: np.ndarray, layer: str, epoch_index: int, frame) -> np.ndarray:
+    """Draw the trajectories ``paths`` (from :meth:`EmbeddingPainter._paths_of`) into one picture."""
+    kind, scene, which = paths
+    if kind == "off" or epoch_index == 0:
+        return rgba
+    if kind == "class centroids":
+        rgb = raster.hex_to_rgb([scene.palette[scene.class_names[c]] for c in which])
+        return scene.draw_paths(rgba, frame, scene.centroids(layer)[: epoch_index + 1][:, which], rgb)
+    if which.size == 0:
+        return rgba
+    rgb = raster.hex_to_rgb(list(scene.palette.values()))[scene.labels[which]]
+    return scene.draw_paths(rgba, frame, scene.sample_paths(layer, epoch_index, which), rgb)
+
+
 class EmbeddingPainter(param.Parameterized):
     """The Embeddings page's options and the pictures they give (see the module docstring)."""
 
@@ -129,24 +143,35 @@ class EmbeddingPainter(param.Parameterized):
         return raster.Frame(tuple(map(float, x_range)), tuple(map(float, y_range)), width, height)
 
     def set_size(self, layer: str, width, height) -> None:
-        """The plot of ``layer`` draws ``width`` x ``height`` screen pixels (from HoloViews' PlotSize)."""
+        """The plot of ``layer`` is ``width`` x ``height`` screen pixels (from HoloViews' PlotSize).
+
+        The plot's data frame is square and the plot's height includes its toolbar, so the frame's
+        side is the smaller of the two: a raster of the full height would be squeezed into the
+        frame and draw round points as dashes.
+        """
         if width and height:
             lo, hi = self.param.size.bounds
-            self._sizes[layer] = (int(min(max(width, lo), hi)), int(min(max(height, lo), hi)))
+            side = int(min(max(min(width, height), lo), hi))
+            self._sizes[layer] = (side, side)
 
     def shown_frame(self, layer: str) -> raster.Frame:
         """The region ``layer`` shows now: its last zoom, or the whole embedding."""
         return self._frames.get(layer) or self.frame(layer)
 
-    def render(self, layer: str, epoch_index: int, coloring, frame: raster.Frame, view: ViewState) -> np.ndarray:
-        """One layer's picture at one epoch: points, then trajectories over them."""
-        rgba = self.scene.render(layer, epoch_index, coloring, frame)
-        return self._draw_trajectories(rgba, layer, epoch_index, frame, view)
-
     def _render_all(self, frames: dict[str, raster.Frame], epoch_index: int, coloring, view) -> dict:
         images = self.scene.render_layers(frames, epoch_index, coloring)
-        return {layer: self._draw_trajectories(images[layer], layer, epoch_index, frames[layer], view)
-                for layer in frames}
+        paths = self._paths_of(view)
+        return {layer: _draw_paths(paths, images[layer], layer, epoch_index, frames[layer]) for layer in frames}
+
+    def _paths_of(self, view: ViewState) -> tuple:
+        """What the trajectories of ``view`` are drawn from, fixed now: (kind, scene, hidden or members)."""
+        scene = self.scene
+        if self.trajectories == "class centroids":
+            hidden = {scene.class_names.index(c) for c in view.hidden_classes if c in scene.class_names}
+            return ("class centroids", scene, [c for c in range(len(scene.class_names)) if c not in hidden])
+        if self.trajectories == "selection":
+            return ("selection", scene, self.path_members(view))
+        return ("off", scene, None)
 
     def layer_image(self, layer: str, x_range=None, y_range=None) -> tuple[raster.Frame, np.ndarray]:
         """The current RGBA picture of ``layer`` (rendering every shown layer if the state changed)."""
@@ -187,12 +212,14 @@ class EmbeddingPainter(param.Parameterized):
         frames = {layer: self.shown_frame(layer) for layer in self.layers}
         selected = self.selected_mask()
         scene = self.scene
+        paths = self._paths_of(ahead)  # everything the thread uses is fixed here, not read later
 
         def render():
             # one layer after the other on this one thread: the other core stays free for the
             # browser painting the current step and the server sending it
             coloring = scene.coloring(ahead, selected)
-            return coloring, {layer: (frame, self.render(layer, upcoming, coloring, frame, ahead))
+            return coloring, {layer: (frame, _draw_paths(paths, scene.render(layer, upcoming, coloring, frame),
+                                                         layer, upcoming, frame))
                               for layer, frame in frames.items()}
 
         if self._pool is None:
@@ -231,23 +258,6 @@ class EmbeddingPainter(param.Parameterized):
         return images
 
     # -- trajectories ---------------------------------------------------------------------------------
-    def _draw_trajectories(self, rgba, layer: str, epoch_index: int, frame, view: ViewState) -> np.ndarray:
-        if self.trajectories == "off" or epoch_index == 0:
-            return rgba
-        scene = self.scene
-        if self.trajectories == "class centroids":
-            centroids = scene.centroids(layer)[: epoch_index + 1]  # (steps, class, 2)
-            hidden = {scene.class_names.index(c) for c in view.hidden_classes if c in scene.class_names}
-            shown = [c for c in range(len(scene.class_names)) if c not in hidden]
-            rgb = raster.hex_to_rgb([scene.palette[scene.class_names[c]] for c in shown])
-            return scene.draw_paths(rgba, frame, centroids[:, shown], rgb)
-        members = self.path_members(view)
-        if members.size == 0:
-            return rgba
-        paths = scene.sample_paths(layer, epoch_index, members)
-        rgb = raster.hex_to_rgb(list(scene.palette.values()))[scene.labels[members]]
-        return scene.draw_paths(rgba, frame, paths, rgb)
-
     def path_members(self, view: ViewState) -> np.ndarray:
         """Indices of the selected, visible samples whose paths are drawn (a fixed sample of a huge one)."""
         mask = self.selected_mask()

@@ -107,8 +107,13 @@ class App(pn.viewable.Viewer):
                                      sizing_mode="stretch_width"))
         controls.append(pn.pane.HTML(pn.bind(_live_html, state.param.live), css_classes=["nm-live"],
                                      sizing_mode="stretch_width"))
-        player = EpochPlayer.from_param(state.param.epoch, label="epoch", interval=700, loop_policy="loop",
-                                        show_loop_controls=True, sizing_mode="stretch_width", margin=(5, 10, 25, 10))
+        # The player's own "epoch: N" label is not redrawn when the epoch is set from the server (a click
+        # on the training curves, a notebook): the epoch is shown by a pane bound to the state instead.
+        player = EpochPlayer.from_param(state.param.epoch, label="", show_value=False, interval=700,
+                                        loop_policy="loop", show_loop_controls=True, sizing_mode="stretch_width",
+                                        margin=(0, 10, 25, 10))
+        controls.append(pn.pane.HTML(pn.bind(_epoch_html, state.param.epoch, state.param.run),
+                                     css_classes=["nm-epoch"], margin=(8, 10, 0, 10)))
         player.link(self.embeddings.painter, loop_policy="loop_policy")
         speed = pn.widgets.IntSlider(label="frame interval (ms)", start=100, end=2000, step=100, value=700,
                                      sizing_mode="stretch_width")
@@ -185,6 +190,10 @@ def _class_button_css(names: list[str]) -> str:
 def _header_html(name: str) -> str:
     return (f"<div style='color:white;font-size:1.4em;white-space:nowrap;overflow:hidden;text-overflow:ellipsis;"
             f"max-width:60vw'>· {html.escape(name)}</div>")
+
+
+def _epoch_html(epoch: int, run: RunFacts) -> str:
+    return f"<span style='font-size:14px'>epoch <b>{epoch}</b> of {run.epochs[0]}–{run.epochs[-1]}</span>"
 
 
 def _live_html(live: str) -> str:

@@ -36,7 +36,7 @@ import param
 import xarray as xr
 
 from ..reduce_params import ReduceParams
-from ..scene import EmbeddingScene, scene_for
+from ..scene import EmbeddingScene, join
 from .jobs import JOBS, WATCHER, Listener, ReduceJobs, RunWatcher
 from .run import RunFacts
 
@@ -52,7 +52,8 @@ def _scene(run: RunFacts, embedding: xr.DataArray) -> EmbeddingScene:
     with _SCENES_LOCK:
         scene = _SCENES.get(key)
         if scene is None:
-            scene = _SCENES[key] = scene_for(run.ds, embedding)[0]
+            scene = _SCENES[key] = join(embedding, run.samples, run.epochs, run.labels, run.predictions, run.loss,
+                                        run.class_names)[0]
         return scene
 
 
@@ -87,7 +88,10 @@ class SessionState(param.Parameterized):
     def __init__(self, run, embedding: xr.DataArray | None = None, *, reduce_params: ReduceParams | None = None,
                  dispatch: Callable | None = None, jobs: ReduceJobs = JOBS, watcher: RunWatcher = WATCHER):
         facts = run if isinstance(run, RunFacts) else RunFacts.open(run)
-        super().__init__(run=facts, reduce_params=reduce_params or ReduceParams())
+        if reduce_params is None:
+            reduce_params = ReduceParams() if embedding is None else ReduceParams.from_embedding(embedding)
+        # given to the constructor, not set afterwards: setting reduce_params would start a reduction
+        super().__init__(run=facts, reduce_params=reduce_params)
         self._dispatch = dispatch or (lambda fn, *args: fn(*args))
         self._jobs, self._watcher = jobs, watcher
         self._job_token: int | None = None
@@ -98,7 +102,6 @@ class SessionState(param.Parameterized):
         self._watch_token = watcher.watch(facts.root, lambda epochs: self._dispatch(self._run_grew, epochs))
         self._disposed = False
         if embedding is not None:
-            self.reduce_params = ReduceParams.from_embedding(embedding)
             self.show_embedding(embedding)
         else:
             self._request()
