@@ -278,7 +278,10 @@ def kill_after_capture():
             if word == "pid":
                 pid = int(value[0])
             elif int(value[0]) == epoch:
-                os.kill(pid, signal.SIGKILL)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass  # capture(last) returned and the child finished first: nothing left to lose
         raise RuntimeError("the fork server died")
 
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ..store import RUN_FILE, RunError, json_attr, open_run, recorded_epochs, run_root
+from ..store import RUN_FILE, RunError, json_attr, open_run, recorded_epochs, run_dir, run_root
 
 _OPENED: dict[tuple[str, tuple[int, ...]], RunFacts] = {}
 _OPENED_LOCK = threading.Lock()
@@ -115,12 +115,14 @@ class RunEntry:
 def find_runs(path) -> list[RunEntry]:
     """The runs at ``path``: the run itself, or the runs inside the folder (two levels at most).
 
+    ``path`` may also be a Dataset from :func:`neuromapper.open_run` (it stands for its directory).
+
     Raises
     ------
     RunError
         When ``path`` does not exist or holds no run.
     """
-    root = Path(path)
+    root = run_dir(path) if isinstance(path, xr.Dataset) else Path(path)
     if not root.exists():
         raise RunError(f"{root} does not exist (expected a NeuroMapper run, or a folder of runs)")
     if (root / RUN_FILE).exists():

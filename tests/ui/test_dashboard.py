@@ -41,10 +41,13 @@ SPAN_LOCATIONS = """
 """
 
 
-def open_dashboard(page, url):
+def open_dashboard(page, url, app=None):
     page.goto(url, timeout=120_000)  # a session's first page builds the viewer: slow on a busy 2-core CI box
     page.wait_for_function(DOCUMENT_IDLE, timeout=60_000)
     wait_until(lambda: len(page.evaluate(IMAGE_CHECKSUMS)) >= 1, message="layer images")
+    if app is not None:  # every plot has reported its size on screen (its pictures are redrawn at it)
+        painter = app().embeddings.painter
+        wait_until(lambda: set(painter._sizes) >= set(painter.layers), timeout=60, message="the plots' sizes")
     # the first pictures are redrawn once the plots report their size on screen: wait until settled
     previous = {}
 
@@ -190,7 +193,7 @@ def test_two_sessions_keep_separate_states(browser, console_errors, page, dashbo
     first = open_dashboard(page, url)
     other = browser.new_page(viewport={"width": 1800, "height": 1100})
     try:
-        second_before = open_dashboard(other, url)
+        second_before = open_dashboard(other, url, app=lambda: viewers[1])
         assert len(viewers) == 2
         page.get_by_role("button", name="none", exact=True).click()
         wait_until(lambda: viewers[0].state.classes == [], message="session 1 to hide every class")
