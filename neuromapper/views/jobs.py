@@ -144,11 +144,16 @@ class RunWatcher:
         self._watchers: dict[int, tuple[str, Callable[[list[int]], None]]] = {}
         self._epochs: dict[str, list[int]] = {}
         self._grew_at: dict[str, float] = {}
+        self._quiet: set[str] = set()  # runs whose growth was last reported as over
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
 
     def watch(self, root: Path, callback: Callable[[list[int]], None]) -> int:
-        """Call ``callback(recorded epochs)`` whenever the run at ``root`` gains epochs; a token."""
+        """Call ``callback(recorded epochs)`` whenever the run at ``root`` gains epochs; a token.
+
+        It is called once more when the run has not grown for :data:`LIVE_WINDOW_SECONDS`, so that
+        sessions can say it is no longer live.
+        """
         root = str(Path(root).resolve())
         with self._lock:
             token = next(self._ids)
@@ -181,10 +186,14 @@ class RunWatcher:
                     epochs = recorded_epochs(root)
                 except OSError:
                     continue
-                if epochs == self._epochs.get(root):
+                if epochs != self._epochs.get(root):
+                    self._epochs[root] = epochs
+                    self._grew_at[root] = time.monotonic()
+                    self._quiet.discard(root)
+                elif root in self._grew_at and root not in self._quiet and not self.growing(root):
+                    self._quiet.add(root)  # it stopped growing: once more, so sessions drop "live"
+                else:
                     continue
-                self._epochs[root] = epochs
-                self._grew_at[root] = time.monotonic()
                 with self._lock:
                     callbacks = [cb for r, cb in self._watchers.values() if r == root]
                 for callback in callbacks:

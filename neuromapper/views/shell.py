@@ -109,17 +109,28 @@ class App(pn.viewable.Viewer):
                                      sizing_mode="stretch_width"))
         # The player's own "epoch: N" label is not redrawn when the epoch is set from the server (a click
         # on the training curves, a notebook): the epoch is shown by a pane bound to the state instead.
-        player = EpochPlayer.from_param(state.param.epoch, label="", show_value=False, interval=700,
-                                        loop_policy="loop", show_loop_controls=True, sizing_mode="stretch_width",
-                                        margin=(0, 10, 25, 10))
         controls.append(pn.pane.HTML(pn.bind(_epoch_html, state.param.epoch, state.param.run),
                                      css_classes=["nm-epoch"], margin=(8, 10, 0, 10)))
-        player.link(self.embeddings.painter, loop_policy="loop_policy")
-        speed = pn.widgets.IntSlider(label="frame interval (ms)", start=100, end=2000, step=100, value=700,
+        self._interval = 700
+        self._player_box = pn.Column(*self._player(), sizing_mode="stretch_width", margin=0)
+        # Panel 1.9's player draws its slider's range once (panel/models/player.ts watches no start/end):
+        # when a live run adds epochs, a fresh player (and its speed slider, linked in the page) offers them.
+        state.param.watch(lambda _: setattr(self._player_box, "objects", self._player()), "epoch", what="objects")
+        controls += [self._player_box, pn.pane.Markdown("**classes**", margin=(6, 10, 0, 10)), self._class_toggles()]
+        return controls
+
+    def _player(self) -> list:
+        """The epoch player over the state's epochs and its frame-interval slider."""
+        painter = self.embeddings.painter
+        player = EpochPlayer.from_param(self.state.param.epoch, label="", show_value=False,
+                                        interval=self._interval, loop_policy=painter.loop_policy,
+                                        show_loop_controls=True, sizing_mode="stretch_width", margin=(0, 10, 25, 10))
+        player.link(painter, loop_policy="loop_policy")
+        speed = pn.widgets.IntSlider(label="frame interval (ms)", start=100, end=2000, step=100, value=self._interval,
                                      sizing_mode="stretch_width")
         speed.jslink(player, value="interval")
-        controls += [player, speed, pn.pane.Markdown("**classes**", margin=(6, 10, 0, 10)), self._class_toggles()]
-        return controls
+        speed.param.watch(lambda event: setattr(self, "_interval", event.new), "value")
+        return [player, speed]
 
     def _class_toggles(self):
         state = self.state

@@ -47,8 +47,8 @@ _SCENES_LOCK = threading.Lock()
 
 
 def _scene(run: RunFacts, embedding: xr.DataArray) -> EmbeddingScene:
-    key = (str(run.root), tuple(run.epochs), embedding.attrs.get("key") or id(embedding),
-           embedding.attrs.get("created"), tuple(int(e) for e in embedding["epoch"].values))
+    key = (str(run.root), embedding.attrs.get("key") or id(embedding), embedding.attrs.get("created"),
+           tuple(int(e) for e in embedding["epoch"].values))
     with _SCENES_LOCK:
         scene = _SCENES.get(key)
         if scene is None:
@@ -118,7 +118,7 @@ class SessionState(param.Parameterized):
         except (ValueError, OSError) as exc:
             self._fail(f"{type(exc).__name__}: {exc}")
             return
-        if stored is not None:
+        if stored is not None and not self._showing(stored):
             try:
                 self.show_embedding(stored)
             except ValueError as exc:  # stored for other samples or epochs (a copied or edited run)
@@ -144,6 +144,13 @@ class SessionState(param.Parameterized):
             failed=lambda message: self._dispatch(self._on_failed, params, message),
         ))
 
+    def _showing(self, embedding: xr.DataArray) -> bool:
+        """Is ``embedding`` the one shown already (same file, same epochs)? Then nothing is redrawn."""
+        shown = self.embedding
+        return shown is not None and all(
+            shown.attrs.get(k) == embedding.attrs.get(k) for k in ("key", "created")
+        ) and np.array_equal(shown["epoch"].values, embedding["epoch"].values)
+
     def _leave_job(self) -> None:
         if self._job_token is not None:
             self._jobs.leave(self._job_token)
@@ -158,6 +165,8 @@ class SessionState(param.Parameterized):
         if params != self.reduce_params or self._disposed:
             return  # computed for parameters this session no longer shows
         self._job_token = self._job_params = None
+        if not set(int(e) for e in result["epoch"].values) <= set(self.run.epochs):
+            self.run = self.run.grown() or self.run  # the job saw epochs recorded since this session looked
         self.show_embedding(result)
         self.param.update(progress=None, status="computed and cached")
         if [int(e) for e in result["epoch"].values] != self.run.epochs:
@@ -196,10 +205,10 @@ class SessionState(param.Parameterized):
         self._update_live()
 
     def _update_live(self) -> None:
-        embedded = 0 if self.scene is None else len(self.scene.epochs)
-        recorded = len(self.run.epochs)
-        growing = self._watcher.growing(self.run.root) or embedded < recorded
-        self.live = f"live · epoch {self.run.epochs[-1]} recorded, {embedded} embedded" if growing else ""
+        embedded = [] if self.scene is None else self.scene.epochs
+        growing = self._watcher.growing(self.run.root) or len(embedded) < len(self.run.epochs)
+        last = f"up to epoch {embedded[-1]}" if embedded else "none yet"
+        self.live = f"live · epoch {self.run.epochs[-1]} recorded, {last} embedded" if growing else ""
 
     # -- selection and focus ----------------------------------------------------------------------
     @param.depends("selection", watch=True)
