@@ -136,3 +136,17 @@ def reduced_run(small_run, tmp_path_factory):
     run = shutil.copytree(small_run, tmp_path_factory.mktemp("ui") / "small", ignore=shutil.ignore_patterns("embeddings"))
     reduce(run)
     return run
+
+
+def app_factory(path, apps: list):
+    """A Panel session factory: a fresh App over ``path`` per session, kept in ``apps``."""
+
+    from neuromapper.views.shell import App, _session_dispatch
+
+    def factory():
+        app = App(path, dispatch=_session_dispatch())
+        pn.state.on_session_destroyed(lambda _context: app.dispose())
+        apps.append(app)
+        return app.template()
+
+    return factory

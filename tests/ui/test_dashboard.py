@@ -10,14 +10,13 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import panel as pn
 import pytest
 from PIL import Image
 
 from neuromapper.scene import class_palette
-from neuromapper.views.shell import App, _session_dispatch
+from neuromapper.views.shell import App
 
-from .conftest import DOCUMENT_IDLE, IMAGE_CHECKSUMS, screenshot, wait_until
+from .conftest import DOCUMENT_IDLE, IMAGE_CHECKSUMS, app_factory, screenshot, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -26,14 +25,7 @@ pytestmark = pytest.mark.browser
 def dashboard(serve, reduced_run):
     """Serve the dashboard for the reduced test run; returns (url, apps created so far)."""
     apps: list[App] = []
-
-    def factory():
-        app = App(reduced_run, dispatch=_session_dispatch())
-        pn.state.on_session_destroyed(lambda _context: app.dispose())
-        apps.append(app)
-        return app.template()
-
-    return serve(factory), apps
+    return serve(app_factory(reduced_run, apps)), apps
 
 
 SPAN_LOCATIONS = """

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import panel as pn
 import pytest
 
 from neuromapper import reduce
 from neuromapper.synthetic import make_synthetic_run
-from neuromapper.views.shell import App, _session_dispatch
+from neuromapper.views.shell import App
 
-from .conftest import DOCUMENT_IDLE, IMAGE_CHECKSUMS, screenshot, wait_until
+from .conftest import DOCUMENT_IDLE, IMAGE_CHECKSUMS, app_factory, screenshot, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -31,14 +30,7 @@ def hostile_run(tmp_path_factory):
 
 def test_every_user_string_shows_as_text_and_nothing_runs(page, console_errors, serve, hostile_run):
     apps: list[App] = []
-
-    def factory():
-        app = App(hostile_run, dispatch=_session_dispatch())
-        pn.state.on_session_destroyed(lambda _context: app.dispose())
-        apps.append(app)
-        return app.template()
-
-    page.goto(serve(factory), timeout=120_000)
+    page.goto(serve(app_factory(hostile_run, apps)), timeout=120_000)
     page.wait_for_function(DOCUMENT_IDLE, timeout=60_000)
     wait_until(lambda: len(page.evaluate(IMAGE_CHECKSUMS)) == 2, message="both layer pictures")
     # hover along the first plot until a sample of the hostile class is focused

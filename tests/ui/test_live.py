@@ -38,9 +38,9 @@ from tornado.ioloop import IOLoop
 
 from neuromapper.store import recorded_epochs
 from neuromapper.views.jobs import JOBS
-from neuromapper.views.shell import App, _session_dispatch
+from neuromapper.views.shell import App
 
-from .conftest import DOCUMENT_IDLE, IMAGE_CHECKSUMS, free_port, screenshot, wait_until
+from .conftest import DOCUMENT_IDLE, IMAGE_CHECKSUMS, app_factory, free_port, screenshot, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -71,18 +71,6 @@ def _quietly_collect_stopped_servers():
     _collect_stopped_servers()
     yield
     _collect_stopped_servers()
-
-
-def app_factory(path, apps: list):
-    """A Panel session factory: a fresh App over ``path`` per session, kept in ``apps``."""
-
-    def factory():
-        app = App(path, dispatch=_session_dispatch())
-        pn.state.on_session_destroyed(lambda _context: app.dispose())
-        apps.append(app)
-        return app.template()
-
-    return factory
 
 
 @pytest.fixture
