@@ -530,3 +530,31 @@ def test_a_reduction_of_more_epochs_than_the_session_knows_is_shown(held_reduce,
         assert state.scene.epochs == [0, 1, 2] and state.run.epochs == [0, 1, 2]
     finally:
         state.dispose()
+
+
+# -- 5. a closed session gives back what it made --------------------------------------------------------
+def test_closed_sessions_release_their_threads_and_watchers(browser, console_errors, serve_expiring, apps, reduced_run):
+    from neuromapper.views.jobs import WATCHER
+
+    def ahead_threads():
+        return [t for t in threading.enumerate() if t.name.startswith("neuromapper-ahead")]
+
+    before = len(ahead_threads())
+    url, expire_fast = serve_expiring(app_factory(reduced_run, apps))
+    for i in range(4):
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        errors = collect_errors(page)
+        expire_fast(15_000)  # Bokeh's default while a page loads (see serve_expiring)
+        page.goto(url, timeout=120_000)
+        page.wait_for_function(DOCUMENT_IDLE, timeout=60_000)
+        expire_fast()
+        wait_until(lambda: len(apps) == i + 1 and apps[i].state is not None and apps[i].state.scene is not None,
+                   message=f"session {i}")
+        page.locator("button.next").first.click()  # a step starts the session's render-ahead thread
+        wait_until(lambda: apps[i].state.epoch == 1, message=f"session {i} at epoch 1")
+        wait_until(lambda: len(ahead_threads()) > before, message="a render-ahead thread")
+        page.close()
+        assert errors == [], errors
+    wait_until(lambda: all(app.state is None for app in apps), timeout=10, message="every session disposed")
+    wait_until(lambda: len(ahead_threads()) == before, timeout=10, message="the render-ahead threads to end")
+    assert not [token for token, (root, _) in WATCHER._watchers.items() if Path(root) == Path(reduced_run).resolve()]
