@@ -548,10 +548,10 @@ def test_closed_sessions_release_their_threads_and_watchers(browser, console_err
         page.goto(url, timeout=120_000)
         page.wait_for_function(DOCUMENT_IDLE, timeout=60_000)
         expire_fast()
-        wait_until(lambda: len(apps) == i + 1 and apps[i].state is not None and apps[i].state.scene is not None,
+        wait_until(lambda i=i: len(apps) == i + 1 and apps[i].state is not None and apps[i].state.scene is not None,
                    message=f"session {i}")
         page.locator("button.next").first.click()  # a step starts the session's render-ahead thread
-        wait_until(lambda: apps[i].state.epoch == 1, message=f"session {i} at epoch 1")
+        wait_until(lambda i=i: apps[i].state.epoch == 1, message=f"session {i} at epoch 1")
         wait_until(lambda: len(ahead_threads()) > before, message="a render-ahead thread")
         page.close()
         assert errors == [], errors
