@@ -281,3 +281,18 @@ def test_a_failed_reduce_is_shown_where_the_plots_would_be(small_run, tmp_path, 
     assert alert.alert_type == "danger" and "No embedding can be shown" in alert.object
     view.dispose()
     state.dispose()
+
+
+def test_the_watcher_looks_afresh_at_a_run_nobody_watched_meanwhile(small_run, tmp_path):
+    run = shutil.copytree(small_run, tmp_path / "again", ignore=shutil.ignore_patterns("embeddings"))
+    last = run / "epochs" / "epoch-000003.nc"
+    watcher, heard = RunWatcher(interval=0.05), []
+    watcher.unwatch(watcher.watch(run, heard.append))  # seen with epochs 0-3, then nobody watches
+    held = shutil.move(last, tmp_path / "held.nc")  # epoch 3 deleted (say, a corrupt file), then recorded again
+    token = watcher.watch(run, heard.append)
+    shutil.move(held, last)
+    deadline = time.monotonic() + 5
+    while not heard and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert heard == [[0, 1, 2, 3]]
+    watcher.unwatch(token)

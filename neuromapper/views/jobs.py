@@ -157,8 +157,10 @@ class RunWatcher:
         root = str(Path(root).resolve())
         with self._lock:
             token = next(self._ids)
+            if all(r != root for r, _ in self._watchers.values()):
+                # nobody watched it meanwhile: what was seen before (files deleted since?) is stale
+                self._epochs[root] = recorded_epochs(root)
             self._watchers[token] = (root, callback)
-            self._epochs.setdefault(root, recorded_epochs(root))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, daemon=True, name="neuromapper-watcher")
                 self._thread.start()
