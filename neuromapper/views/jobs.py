@@ -29,7 +29,7 @@ from pathlib import Path
 from ..store import recorded_epochs
 
 MAX_RUNNING = 2
-POLL_SECONDS = 1.0
+POLL_SECONDS = 0.25  # listing a run folder four times a second costs nothing measurable
 LIVE_WINDOW_SECONDS = 120.0
 
 
