@@ -52,7 +52,7 @@ ratios measured in the same run and read them with the load beside them.
 Run it from the repository root::
 
     .venv/bin/python benchmarks/bench_reduce.py --quick                    # smoke run, about two minutes
-    .venv/bin/python benchmarks/bench_reduce.py --json reduce.json         # the families (about an hour)
+    .venv/bin/python benchmarks/bench_reduce.py --json reduce.json         # the families (30-65 min on 2 cores)
     .venv/bin/python benchmarks/bench_reduce.py --families fast-256,split-128
     .venv/bin/python benchmarks/bench_reduce.py --scale --skip-families    # the end-to-end rows (hours)
 """
