@@ -87,7 +87,7 @@ import xarray as xr
 from . import raster
 from .reduce_params import ReduceParams
 from .scene import COLOR_BY, CORRECTNESS_COLORS, EmbeddingScene, ViewState, scene_for
-from .store import find_embedding, json_attr, list_embeddings, open_run, run_dir
+from .store import find_embedding, json_attr, list_embeddings, open_run, replacing, run_dir
 
 STRATEGIES = ("auto", "points", "images")
 POINTS_MAX_SAMPLES = 50_000
@@ -204,29 +204,9 @@ def _export(run, path, *, embedding, layers, epochs, width, strategy, thumbnails
     data["coverage"] = coverage
     page = _page(data)
     out = Path(path)
-    _write_page(out, page)
+    with replacing(out) as tmp:  # a full disk or a kill leaves the previous file, never a truncated page
+        tmp.write_text(page, encoding="utf-8")
     return out, {"strategy": data["strategy"], "coverage": coverage}
-
-
-def _write_page(out: Path, page: str) -> None:
-    """Write the page to ``out`` whole or not at all: a temporary file beside it, then a rename.
-
-    A full disk or a kill mid-write leaves the previous file (or none), never a truncated page;
-    the temporary file is removed on failure.
-    """
-    if out.is_dir():
-        raise IsADirectoryError(f"output: {out} is a directory; expected the path of an .html file to write")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(page)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # -- arguments ---------------------------------------------------------------------------------

@@ -121,6 +121,7 @@ class EmbeddingScene:
         self.layers = [str(v) for v in embedding["layer"].values]
         self.samples = np.asarray(embedding["sample"].values)
         self.class_names = list(class_names)
+        self._class_index = {name: i for i, name in enumerate(self.class_names)}
         self.labels = np.asarray(labels).astype(np.int16)
         self.predictions = np.asarray(predictions).astype(np.int16)
         self.loss = np.asarray(loss).astype(np.float32)
@@ -158,14 +159,17 @@ class EmbeddingScene:
         """Bool per sample: not in a hidden class and passing the misclassification filter."""
         keep = np.ones(len(self), dtype=bool)
         if state.hidden_classes:
-            hidden = [self.class_names.index(c) for c in state.hidden_classes if c in self.class_names]
-            keep &= ~np.isin(self.labels, hidden)
+            keep &= ~np.isin(self.labels, self.class_codes(state.hidden_classes))
         e = state.epoch_index
         if state.show == SHOW[1]:
             keep &= ~self.correct[e]
         elif state.show == SHOW[2]:
             keep &= self.flips(e) != 0
         return keep
+
+    def class_codes(self, names) -> list[int]:
+        """The class indices of ``names`` (names the run does not have are left out)."""
+        return [self._class_index[name] for name in names if name in self._class_index]
 
     def flips(self, epoch_index: int) -> np.ndarray:
         """+1 where a sample became correct at this epoch (learned), -1 where it became wrong."""

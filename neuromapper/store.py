@@ -49,6 +49,7 @@ process-wide re-entrant lock, :data:`HDF5_GUARD`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -111,39 +112,53 @@ def epoch_file(path: str | os.PathLike, epoch: int) -> Path:
     return Path(path) / EPOCH_DIR / f"epoch-{int(epoch):06d}.nc"
 
 
-def write_atomic(ds: xr.Dataset, target: str | os.PathLike, encoding: dict | None = None) -> Path:
-    """Write ``ds`` to ``target`` so that the file is either complete or absent.
+@contextlib.contextmanager
+def replacing(target: str | os.PathLike):
+    """Write ``target`` whole or not at all: yields a temporary path beside it to write to.
 
-    The data go to ``target + '.tmp'``, are flushed to disk, and the file is renamed over
-    ``target``; the directory entry is fsynced too, so a completed write survives a power cut.
-    A failed write (a full disk, a read-only folder) removes its temporary file and raises an
-    ``OSError`` naming ``target`` (HDF5 reports a full disk only as "NetCDF: HDF error").
+    On leaving the block the temporary file is fsynced and renamed over ``target`` (atomic on
+    POSIX) and the directory entry fsynced, so a completed write survives a power cut. If the
+    block fails (a full disk, a kill), the temporary file is removed and ``target`` is as it was.
+    Every file NeuroMapper writes goes through here: epochs, embeddings, snapshots.
     """
     target = Path(target)
+    if target.is_dir():
+        raise IsADirectoryError(f"output: {target} is a directory; expected the path of a file to write")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
-    ds = ds.load()  # lazy inputs are read (under the guard) before the write takes it
     try:
-        with HDF5_GUARD:
-            ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding or {})
+        yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException as exc:
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename:
-            raise
-        if isinstance(exc, (OSError, RuntimeError)):  # netCDF4 raises RuntimeError("NetCDF: HDF error")
-            free = _free_bytes(target.parent)
-            raise OSError(getattr(exc, "errno", None) or 0,
-                          f"could not write {target} ({type(exc).__name__}: {exc}; {free} free on that disk); "
-                          "nothing was changed", str(target)) from exc
         raise
     dir_fd = os.open(target.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_atomic(ds: xr.Dataset, target: str | os.PathLike, encoding: dict | None = None) -> Path:
+    """Write ``ds`` to ``target`` so that the file is either complete or absent (see :func:`replacing`).
+
+    A failed write (a full disk, a read-only folder) raises an ``OSError`` naming ``target``
+    (HDF5 reports a full disk only as "NetCDF: HDF error").
+    """
+    target = Path(target)
+    ds = ds.load()  # lazy inputs are read (under the guard) before the write takes it
+    try:
+        with replacing(target) as tmp, HDF5_GUARD:
+            ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding or {})
+    except (OSError, RuntimeError) as exc:  # netCDF4 raises RuntimeError("NetCDF: HDF error")
+        if isinstance(exc, OSError) and exc.filename:
+            raise
+        free = _free_bytes(target.parent)
+        raise OSError(getattr(exc, "errno", None) or 0,
+                      f"could not write {target} ({type(exc).__name__}: {exc}; {free} free on that disk); "
+                      "nothing was changed", str(target)) from exc
     return target
 
 

@@ -296,3 +296,11 @@ def test_the_watcher_looks_afresh_at_a_run_nobody_watched_meanwhile(small_run, t
         time.sleep(0.02)
     assert heard == [[0, 1, 2, 3]]
     watcher.unwatch(token)
+
+
+def test_pictures_are_rasterized_square_at_the_plot_frame_size(state, painter):
+    # the plot reports its size with the toolbar in its height; the data frame is square and as wide
+    # as the smaller side, so the raster is that square (a taller raster squeezed in draws dashes)
+    painter.set_size("fc1", 300, 331)
+    frame, rgba = painter.layer_image("fc1")
+    assert (frame.width, frame.height) == (300, 300) and rgba.shape == (300, 300, 4)

@@ -67,9 +67,8 @@ class EmbeddingView(pn.viewable.Viewer):
 
     @param.depends("method", "n_neighbors", "min_dist", "per_class", watch=True)
     def _to_state(self) -> None:
-        params = ReduceParams(method=self.method, n_neighbors=self.n_neighbors, min_dist=self.min_dist,
-                              per_class=self.per_class, seed=self.state.reduce_params.seed,
-                              layers=self.state.reduce_params.layers)
+        params = ReduceParams.build(self.state.reduce_params, method=self.method, n_neighbors=self.n_neighbors,
+                                    min_dist=self.min_dist, per_class=self.per_class)
         if params != self.state.reduce_params:
             self.state.reduce_params = params
 
@@ -95,13 +94,17 @@ class EmbeddingView(pn.viewable.Viewer):
             return f"<b>Computing the first embedding of this run…</b> {html.escape(status)}"
 
         alert = pn.pane.Alert(pn.bind(message, state.param.status, state.param.error),
-                              alert_type="info", css_classes=["nm-waiting"], sizing_mode="stretch_width")
-        state.param.watch(lambda event: setattr(alert, "alert_type", "danger" if event.new else "info"), "error")
-        progress = pn.indicators.Progress(
+                              alert_type=pn.bind(lambda error: "danger" if error else "info", state.param.error),
+                              css_classes=["nm-waiting"], sizing_mode="stretch_width")
+        return pn.Column(alert, self._progress_bar(), sizing_mode="stretch_width")
+
+    def _progress_bar(self) -> pn.indicators.Progress:
+        """The reduce progress (indeterminate until the first report), shown while a reduction runs."""
+        state = self.state
+        return pn.indicators.Progress(
             value=pn.bind(lambda v: -1 if v is None or v < 0 else v, state.param.progress), max=100,
             visible=pn.bind(lambda v, error: v is not None and not error, state.param.progress, state.param.error),
-            sizing_mode="stretch_width")
-        return pn.Column(alert, progress, sizing_mode="stretch_width")
+            sizing_mode="stretch_width", css_classes=["nm-progress"])
 
     def _keep_source(self, layer: str, kind: str, plot, element) -> None:
         """HoloViews plot hook: remember the Bokeh source a layer's glyph draws from; clear focus on leave."""
@@ -189,15 +192,11 @@ class EmbeddingView(pn.viewable.Viewer):
     # -- the page ------------------------------------------------------------------------------------
     def controls(self) -> pn.Column:
         """This page's sidebar part: layers, colour, filters, trajectories, embedding parameters."""
-        umap_only = pn.bind(lambda method: method == "pca", self.param.method)
+        for_pca = pn.bind(lambda method: method == "pca", self.param.method)  # PCA has no such parameters
 
         def heading(text: str) -> pn.pane.Markdown:
             return pn.pane.Markdown(text, margin=(6, 10, 0, 10))
 
-        progress = pn.indicators.Progress(
-            value=pn.bind(lambda v: -1 if v is None or v < 0 else v, self.state.param.progress), max=100,
-            visible=pn.bind(lambda v: v is not None, self.state.param.progress), sizing_mode="stretch_width",
-            css_classes=["nm-progress"])
         return pn.Column(
             text_multichoice(self.painter.param.layers, "layers side by side"),
             pn.widgets.Select.from_param(self.painter.param.color_by, label="colour by"),
@@ -208,10 +207,10 @@ class EmbeddingView(pn.viewable.Viewer):
             pn.layout.Divider(),
             heading("**embedding** · recomputed in the background when changed, cached"),
             pn.widgets.Select.from_param(self.param.method),
-            pn.widgets.IntSlider.from_param(self.param.n_neighbors, throttled=True, disabled=umap_only),
-            pn.widgets.FloatSlider.from_param(self.param.min_dist, throttled=True, disabled=umap_only),
+            pn.widgets.IntSlider.from_param(self.param.n_neighbors, throttled=True, disabled=for_pca),
+            pn.widgets.FloatSlider.from_param(self.param.min_dist, throttled=True, disabled=for_pca),
             pn.widgets.Select.from_param(self.param.per_class, label="samples per class"),
-            progress,
+            self._progress_bar(),
             pn.pane.HTML(pn.bind(_escaped, self.state.param.status), css_classes=["nm-status"],
                          sizing_mode="stretch_width"),
             pn.layout.Divider(),
@@ -237,6 +236,7 @@ class EmbeddingView(pn.viewable.Viewer):
 
     def _curves(self) -> pn.pane.HoloViews:
         run = self.state.run
+        self._markers.clear()  # the curves are drawn anew when a live run grows: only the new marker moves
         marker = plots.epoch_marker(self.state.epoch).opts(hooks=[self._keep_marker])
         overlay = plots.training_curves(run.epochs, run.curves(), marker)
         tap = hv.streams.Tap(source=overlay)

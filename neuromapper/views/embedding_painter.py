@@ -167,7 +167,7 @@ class EmbeddingPainter(param.Parameterized):
         """What the trajectories of ``view`` are drawn from, fixed now: (kind, scene, hidden or members)."""
         scene = self.scene
         if self.trajectories == "class centroids":
-            hidden = {scene.class_names.index(c) for c in view.hidden_classes if c in scene.class_names}
+            hidden = set(scene.class_codes(view.hidden_classes))
             return ("class centroids", scene, [c for c in range(len(scene.class_names)) if c not in hidden])
         if self.trajectories == "selection":
             return ("selection", scene, self.path_members(view))

@@ -20,6 +20,7 @@ loop (see :class:`neuromapper.views.state.SessionState`).
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -202,8 +203,6 @@ class RunWatcher:
                     try:
                         callback(epochs)
                     except Exception:  # one broken session must not stop the others hearing
-                        import logging
-
                         logging.getLogger(__name__).exception("run watcher callback failed")
 
 

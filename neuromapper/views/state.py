@@ -83,7 +83,7 @@ class SessionState(param.Parameterized):
     progress = param.Integer(default=None, allow_None=True, bounds=(-1, 100),
                              doc="Reduce progress in percent; -1 while it cannot tell; None when idle.")
     error = param.String(default="", doc="Why no embedding can be shown, if so.")
-    live = param.String(default="", doc="'live · epoch N recorded, M embedded' while the run grows.")
+    live = param.String(default="", doc="'live · epoch N recorded, up to epoch M embedded' while the run grows.")
 
     def __init__(self, run, embedding: xr.DataArray | None = None, *, reduce_params: ReduceParams | None = None,
                  dispatch: Callable | None = None, jobs: ReduceJobs = JOBS, watcher: RunWatcher = WATCHER):
@@ -127,7 +127,7 @@ class SessionState(param.Parameterized):
         current = stored is not None and [int(e) for e in stored["epoch"].values] == self.run.epochs
         if current:
             self._leave_job()
-            self.param.update(progress=None, status="cached: shown instantly" if self._job_params is None else "")
+            self.param.update(progress=None, status="cached: shown instantly")
             return
         if self._job_params == params and self._job_token is not None:
             return  # already waiting for it
@@ -135,7 +135,7 @@ class SessionState(param.Parameterized):
         if stored is None:
             self.status = _describe_job(params)
         else:
-            self.status = f"embedding epochs {self.run.epochs[len(stored['epoch']):][:1]}… of the live run"
+            self.status = f"embedding epoch {self.run.epochs[len(stored['epoch'])]} of the live run…"
         self.progress = -1
         self._job_params = params
         self._job_token = self._jobs.join(self.run.root, params, Listener(
@@ -188,7 +188,7 @@ class SessionState(param.Parameterized):
         self.param.epoch.objects = epochs
         updates = {"embedding": embedding, "scene": scene, "error": ""}
         if self.epoch not in epochs:
-            updates["epoch"] = epochs[min(len(epochs) - 1, max(0, _position(epochs, self.epoch)))]
+            updates["epoch"] = epochs[_position(epochs, self.epoch)]
         self.param.update(**updates)
         self._update_live()
 

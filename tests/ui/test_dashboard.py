@@ -236,6 +236,9 @@ def test_clicking_the_training_curves_jumps_to_that_epoch(page, console_errors, 
     # the curves span epochs 0-3 across the plot's frame: a click right of the middle is nearest epoch 2 or 3
     page.mouse.click(box["x"] + 0.62 * box["width"], box["y"] + 0.55 * box["height"])
     wait_until(lambda: apps[0].state.epoch in (2, 3), message="the player to jump to the clicked epoch")
+    # the epoch beside the player follows a jump made on the server (Panel's own player label does not)
+    wait_until(lambda: page.locator(".nm-epoch").filter(has_text=f"epoch {apps[0].state.epoch} of 0–3").count() == 1,
+               message="the epoch beside the player")
     wait_until(lambda: page.evaluate(IMAGE_CHECKSUMS) != before, message="the layer pictures to follow")
     wait_until(lambda: page.evaluate(SPAN_LOCATIONS) == [apps[0].state.epoch] * len(apps[0].embeddings._markers),
                message="the epoch marker to follow")
