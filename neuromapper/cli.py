@@ -112,7 +112,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         from .demo import run_demo
 
-        path = run_demo(out=out, dataset=args.dataset, epochs=args.epochs, root=args.root, n_probe=args.probe)
+        path = run_demo(out=out, dataset=args.dataset, epochs=args.epochs, root=args.root, n_probe=args.probe,
+                        attacks=not args.no_attacks)
     reduce(path, progress="tqdm")
     if not args.no_serve:
         serve(path, port=args.port, address="127.0.0.1", show=True)
@@ -278,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="data/demo", help="run directory (default data/demo)")
     demo.add_argument("--root", default=None, help="torchvision dataset folder for mnist/fashion-mnist/cifar10")
     demo.add_argument("--no-serve", action="store_true", help="record and reduce only; do not open the dashboard")
+    demo.add_argument("--no-attacks", action="store_true",
+                      help="record no adversarial twins (default: FGSM and PGD every epoch, one-pixel at three)")
     demo.add_argument("--port", type=int, default=5006, help="dashboard port (default 5006)")
     demo.add_argument("--overwrite", action="store_true",
                       help="record again over a run already at --out (default: show the recorded run)")

@@ -13,10 +13,25 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .attacks import AttackConfig
 from .data import DigitCNN, LabelledImages, load_dataset, stratified_split
 from .record import Recorder
 
 DEMO_LAYERS = ["conv1", "conv2", "fc1", "fc2"]
+
+
+def demo_attacks(epochs: int) -> AttackConfig:
+    """The demo's adversarial twins: FGSM and PGD every epoch, one-pixel at three epochs.
+
+    The demo's inputs are scaled to ``[0, 1]`` (see :mod:`neuromapper.data`), so ε = 0.1 is a
+    tenth of the grey range, about 25 grey levels of the original 8-bit digits. 5 probe digits
+    per class get FGSM and PGD twins; the one-pixel search, the costly one (about 0.15 s per
+    digit that resists it), runs for 2 of them per class at the untrained epoch 0, the middle
+    and the last epoch, with at most 1,024 evaluations per digit (enough to try every pixel of
+    most digits). This keeps the attacks' share of the demo's recording time under half.
+    """
+    return AttackConfig(methods=("fgsm", "pgd", "one-pixel"), eps=0.1, pgd_steps=10, per_class=5,
+                        one_pixel_budget=1024, one_pixel_epochs=(0, epochs // 2, epochs), one_pixel_per_class=2)
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer, progress=None) -> float:
@@ -57,10 +72,12 @@ def run_demo(
     batch_size: int = 64,
     lr: float = 1e-3,
     show_progress: bool = True,
+    attacks: bool = True,
 ) -> Path:
     """Train :class:`DigitCNN` for ``epochs`` epochs and record 4 layers on a held-out probe.
 
-    Epoch 0 is the untrained network. Returns the run directory.
+    Epoch 0 is the untrained network. With ``attacks`` the run also holds adversarial twins
+    (:func:`demo_attacks`). Returns the run directory.
     """
     if epochs < 1:
         raise ValueError(f"epochs: expected at least 1, got {epochs}")
@@ -78,7 +95,8 @@ def run_demo(
              "train_samples": len(train), "probe_samples": len(probe)}
     started = time.perf_counter()
     with Recorder(model, layers=DEMO_LAYERS, probe=(probe.x, probe.y), class_names=data.class_names,
-                  path=out, sample_ids=probe_idx, hyperparameters=hyper, dataset=dataset, overwrite=True) as rec:
+                  path=out, sample_ids=probe_idx, hyperparameters=hyper, dataset=dataset, overwrite=True,
+                  attacks=demo_attacks(epochs) if attacks else None) as rec:
         rec.capture(0, metrics={"val_acc": accuracy(model, probe.x, probe.y)})
         with tqdm(total=epochs * len(loader), desc=f"training on {dataset}", unit="batch",
                   disable=not show_progress) as bar:
@@ -90,4 +108,20 @@ def run_demo(
     if show_progress:
         print(f"recorded {epochs + 1} epochs of {len(DEMO_LAYERS)} layers on {len(probe)} probe samples "
               f"to {out} in {time.perf_counter() - started:.1f} s (final probe accuracy {val_acc:.3f})")
+        if attacks:
+            print(_fooled_summary(out, epochs))
     return Path(out)
+
+
+def _fooled_summary(path: str | Path, epoch: int) -> str:
+    """One line: how many twins of each method fooled the model at ``epoch``."""
+    from .store import open_run, twin_table
+
+    with open_run(path) as ds:
+        table = twin_table(ds)
+        fooled = ds["twin_fooled"].sel(epoch=epoch).values
+    parts = []
+    for method, rows in table.groupby("method", sort=False):
+        values = fooled[table.index.get_indexer(rows.index)]
+        parts.append(f"{method} {int((values == 1).sum())}/{int((values >= 0).sum())}")
+    return f"adversarial twins that fooled the model at epoch {epoch}: " + ", ".join(parts)

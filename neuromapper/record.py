@@ -32,6 +32,13 @@ The model's output is the classifier head: ``C`` logits give ``C`` classes; a si
 ``[0, z]``, whose softmax is ``[1 - sigmoid(z), sigmoid(z)]``, so the prediction is ``z > 0`` and
 the stored cross-entropy loss equals the binary cross-entropy. Multi-label heads are refused.
 
+With ``attacks=`` (an :class:`~neuromapper.attacks.AttackConfig`) each capture also makes
+*adversarial twins*: for a fixed, class-stratified set of probe samples, FGSM, PGD and one-pixel
+attacks against the model as it is at that epoch; ``capture(..., instances={"my-cat": x})`` adds
+inputs of your own. Twins go through the same hooked forward pass as the probe, so their
+activations are reduced exactly like the probe's; :mod:`neuromapper.store` describes how they are
+stored and :func:`neuromapper.store.twin_table` what each one is.
+
 Writing an epoch to disk (compression, fsync, atomic rename) happens on a background thread, so
 the disk work of epoch ``N`` overlaps training epoch ``N + 1``; but at most one epoch is in
 flight: ``capture(N)`` waits for the previous epoch's write before queueing its own. So when
@@ -44,6 +51,7 @@ run (see :class:`Recorder`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -55,6 +63,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import attacks as attacks_
 from . import store
 
 CHANNEL_REDUCTIONS = ("mean", "max")
@@ -148,6 +157,10 @@ def _probe_tensors(probe: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+def _id_summary(ids: np.ndarray) -> str:
+    return str(ids.tolist()) if len(ids) <= 12 else f"{len(ids)} ids from {ids.min()} to {ids.max()}"
+
+
 def probe_hash(x: torch.Tensor) -> str:
     """SHA-256 of the probe inputs (dtype, shape and bytes), kept in run.nc for ``resume=True``."""
     x = x.detach().cpu().contiguous()
@@ -204,13 +217,8 @@ def _select(output: Any, selector: Any, what: str, how: str) -> torch.Tensor:
     return output
 
 
-def thumbnails(x: torch.Tensor, max_side: int = 32) -> np.ndarray | None:
-    """Small uint8 images ``(sample, y, x, channel)`` of image-like probe inputs, else ``None``.
-
-    Inputs are usually normalised, so they are rescaled with the probe's global min and max
-    (the same mapping for every sample keeps relative brightness). Larger images are shrunk to
-    ``max_side`` so that hover cards and exports stay small.
-    """
+def _small_images(x: torch.Tensor, max_side: int) -> torch.Tensor | None:
+    """Image-like inputs as float ``(N, C, h, w)`` no larger than ``max_side``, else ``None``."""
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4 or x.shape[1] not in (1, 3) or min(x.shape[2:]) < 4:
@@ -218,7 +226,22 @@ def thumbnails(x: torch.Tensor, max_side: int = 32) -> np.ndarray | None:
     x = x.detach().float().cpu()
     if max(x.shape[2:]) > max_side:
         x = torch.nn.functional.interpolate(x, size=(max_side, max_side), mode="area")
-    lo, hi = float(x.min()), float(x.max())
+    return x
+
+
+def thumbnails(x: torch.Tensor, max_side: int = 32, value_range: tuple[float, float] | None = None) -> np.ndarray | None:
+    """Small uint8 images ``(sample, y, x, channel)`` of image-like probe inputs, else ``None``.
+
+    Inputs are usually normalised, so they are rescaled with the probe's global min and max
+    (the same mapping for every sample keeps relative brightness), or with ``value_range``
+    (the recorder passes the probe's range for adversarial twins, so that a twin and its source
+    share one scale). Larger images are shrunk to ``max_side`` so that hover cards and exports
+    stay small.
+    """
+    x = _small_images(x, max_side)
+    if x is None:
+        return None
+    lo, hi = value_range if value_range is not None else (float(x.min()), float(x.max()))
     scaled = (x - lo) / (hi - lo if hi > lo else 1.0)
     return (scaled * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
@@ -308,9 +331,21 @@ class Recorder:
     resume
         Append to an existing run at ``path`` (after a crash, say) instead of raising; the run is
         created if it does not exist yet. The layers (names, widths and reductions), the probe
-        (sample ids, labels and a SHA-256 of the inputs) and the class names must match the run's,
-        otherwise a :class:`~neuromapper.store.RunError` says what differs. Epochs on disk are
-        kept and listed in :attr:`epochs`; capturing one of them again replaces it.
+        (sample ids, labels and a SHA-256 of the inputs), the class names and the attacks must
+        match the run's, otherwise a :class:`~neuromapper.store.RunError` says what differs.
+        Epochs on disk are kept and listed in :attr:`epochs`; capturing one of them again
+        replaces it.
+    attacks
+        Adversarial twins to make at each capture: an :class:`~neuromapper.attacks.AttackConfig`,
+        a dict of its fields (e.g. ``{"methods": ["fgsm", "pgd"], "eps": 0.1}``) or ``None``
+        (none). For a fixed set of probe samples (``per_class`` of each class, the same at every
+        epoch) each attack runs against the model as it is at that epoch, and the attacked
+        input is recorded like a probe sample (same hooks, same layer reductions) with its
+        logits, prediction, whether it fooled the model, the perturbation size and a thumbnail;
+        see :mod:`neuromapper.store` for the schema. Needs floating-point inputs.
+    twin_ids
+        Probe sample ids (values of ``sample_ids``) to attack, instead of the stratified pick;
+        given without ``attacks`` it turns on the default :class:`~neuromapper.attacks.AttackConfig`.
 
     Attributes
     ----------
@@ -341,6 +376,8 @@ class Recorder:
         dataset: str | None = None,
         overwrite: bool = False,
         resume: bool = False,
+        attacks: attacks_.AttackConfig | Mapping[str, Any] | None = None,
+        twin_ids: Iterable[int] | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -405,8 +442,13 @@ class Recorder:
                 f"model's output ({head}), got min {int(self.y.min())} and max {int(self.y.max())}"
             )
 
+        small = _small_images(self.x, 32)
+        self._thumbnail_range = None if small is None else (float(small.min()), float(small.max()))
         if images is None:
             images = thumbnails(self.x)
+        self._image_shape = None if images is None else tuple(images.shape[1:])
+        self.sample_ids = np.arange(len(self.y)) if sample_ids is None else np.asarray(list(sample_ids))
+        self.attacks = self._attack_config(attacks, twin_ids)
         attrs = {
             "model": _describe(model),
             "hyperparameters": dict(hyperparameters or {}),
@@ -416,6 +458,7 @@ class Recorder:
             "head": "sigmoid: logits stored as [0, z]" if self._one_logit else "softmax",
             "probe_sha256": probe_hash(self.x),
             "first_conv_layer": self._first_conv[0] if self._first_conv else "",
+            "attacks": None if self.attacks is None else self.attacks.to_json(),
         }
         store.create_run(
             self.path,
@@ -426,7 +469,7 @@ class Recorder:
             layer_kinds=[_kind(module) for module in self._modules],
             layer_reductions=reductions,
             images=images,
-            sample_ids=None if sample_ids is None else np.asarray(list(sample_ids)),
+            sample_ids=None if sample_ids is None else self.sample_ids,
             attrs=attrs,
             overwrite=overwrite,
             resume=resume,
@@ -435,6 +478,48 @@ class Recorder:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuromapper-writer")
         self._pending: Future | None = None
         self._closed = False
+
+    def _attack_config(self, attacks: Any, twin_ids: Iterable[int] | None) -> attacks_.AttackConfig | None:
+        """The attack config with its pairs and input range resolved (what run.nc keeps)."""
+        config = attacks_.AttackConfig.build(attacks)
+        if twin_ids is not None:
+            ids = np.asarray(list(twin_ids)) if not isinstance(twin_ids, np.ndarray) else twin_ids
+            config = dataclasses.replace(config or attacks_.AttackConfig(), twin_ids=tuple(ids.tolist()))
+        if config is None:
+            self._twin_rows = self._one_pixel_rows = np.zeros(0, dtype=np.int64)
+            return None
+        if not self.x.is_floating_point():
+            raise ValueError(f"attacks: FGSM, PGD and one-pixel attacks change the inputs, which must be "
+                             f"floating point; this probe holds {self.x.dtype} values")
+        if "one-pixel" in config.methods and (self.x.ndim not in (3, 4)):
+            raise ValueError(f"attacks: the one-pixel attack needs images (N, C, H, W) or (N, H, W), but the "
+                             f"probe has shape {tuple(self.x.shape)}; drop 'one-pixel' from methods")
+        row_of = {int(sid): row for row, sid in enumerate(self.sample_ids)}
+        if config.twin_ids is not None:
+            missing = [i for i in config.twin_ids if i not in row_of]
+            if missing:
+                raise ValueError(f"twin_ids: {missing[:12]} are not probe sample ids (the probe's ids are "
+                                 f"{_id_summary(self.sample_ids)})")
+            ids = np.sort(np.asarray(config.twin_ids, dtype=np.int64))
+        else:
+            ids = attacks_.stratified_ids(self.y.numpy(), self.sample_ids, config.per_class, seed=config.seed)
+        self._twin_rows = np.array([row_of[int(i)] for i in ids], dtype=np.int64)
+        if config.one_pixel_per_class is None:
+            self._one_pixel_rows = self._twin_rows
+        else:  # the first k pairs of each class
+            taken: dict[int, int] = {}
+            keep = []
+            for row in self._twin_rows:
+                cls = int(self.y[row])
+                if taken.get(cls, 0) < config.one_pixel_per_class:
+                    keep.append(row)
+                    taken[cls] = taken.get(cls, 0) + 1
+            self._one_pixel_rows = np.asarray(keep, dtype=np.int64)
+        lo = float(self.x.min()) if config.lo is None else config.lo
+        hi = float(self.x.max()) if config.hi is None else config.hi
+        if not lo < hi:
+            raise ValueError(f"attacks: the input range lo={lo}, hi={hi} is empty (a constant probe?); pass lo and hi")
+        return dataclasses.replace(config, twin_ids=tuple(int(i) for i in ids), lo=lo, hi=hi)
 
     # -- capture -----------------------------------------------------------------------------
     @property
@@ -533,10 +618,111 @@ class Recorder:
             )
         return logits, acts, [parts[0][1] for parts in captured]
 
-    def capture(self, epoch: int, metrics: Mapping[str, float] | None = None) -> None:
+    def _instances(self, instances: Mapping[str, Any] | None) -> tuple[list[str], torch.Tensor | None, list[int]]:
+        """The user's instances as names, one input batch and labels (-1 when not given)."""
+        if instances is None:
+            return [], None, []
+        if not isinstance(instances, Mapping):
+            raise TypeError(f"instances: expected a dict {{name: input or (input, label)}}, got {type(instances).__name__}")
+        names, inputs, labels = [], [], []
+        shape = tuple(self.x.shape[1:])
+        for name, value in instances.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"instances: names must be non-empty strings, got {name!r}")
+            label = -1
+            if isinstance(value, tuple) and len(value) == 2:
+                value, label = value
+                if isinstance(label, str):
+                    if label not in self.class_names:
+                        raise ValueError(f"instances[{name!r}]: label {label!r} is not a class; classes: {self.class_names}")
+                    label = self.class_names.index(label)
+                elif isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < len(self.class_names):
+                    raise ValueError(f"instances[{name!r}]: label must be a class index 0..{len(self.class_names) - 1} "
+                                     f"or a class name, got {label!r}")
+            x = _to_tensor(value, f"instances[{name!r}]")
+            if tuple(x.shape) == (1, *shape):
+                x = x[0]
+            if tuple(x.shape) != shape:
+                raise ValueError(f"instances[{name!r}]: expected one input of shape {shape} (like a probe sample), "
+                                 f"got {tuple(x.shape)}")
+            names.append(name)
+            inputs.append(x.to(self.x.dtype))
+            labels.append(int(label))
+        return names, (torch.stack(inputs) if inputs else None), labels
+
+    def _attack(self, epoch: int) -> dict:
+        """This epoch's attacked twins: ids, source rows, inputs, labels, perturbation, evaluations."""
+        config = self.attacks
+        out: dict = {"id": [], "row": [], "input": [], "label": [], "perturbation": [], "evaluations": []}
+        if config is None:
+            return out
+        device, dtype = self.device, self._input_dtype()
+        common = {"lo": config.lo, "hi": config.hi, "logits_selector": self.logits_selector}
+        for method, eps, eps_in_id in config.twin_sets(epoch):
+            rows = self._one_pixel_rows if method == "one-pixel" else self._twin_rows
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start : start + self.batch_size]
+                x = self.x[chunk].to(device=device, dtype=dtype or self.x.dtype)
+                y = self.y[chunk].to(device)
+                if method == "fgsm":
+                    adv, spent = attacks_.fgsm(self.model, x, y, eps, **common), np.ones(len(chunk))
+                elif method == "pgd":
+                    adv = attacks_.pgd(self.model, x, y, eps, config.pgd_steps, config.pgd_step_size,
+                                       random_start=config.pgd_random_start, seed=config.seed + start, **common)
+                    spent = np.full(len(chunk), config.pgd_steps)
+                else:
+                    adv, spent = attacks_.one_pixel(self.model, x, y, config.one_pixel_budget, **common)
+                    spent = spent.numpy()
+                adv = adv.detach()
+                out["input"].append(adv.cpu())
+                out["id"].extend(store.twin_id(method, int(self.sample_ids[r]), eps if eps_in_id else None) for r in chunk)
+                out["row"].extend(int(r) for r in chunk)
+                out["label"].extend(int(v) for v in self.y[chunk])
+                out["perturbation"].extend((adv.float() - x.float()).abs().flatten(1).amax(1).cpu().tolist())
+                out["evaluations"].extend(int(v) for v in spent)
+        return out
+
+    def _twins(self, epoch: int, benign_prediction: np.ndarray, instances: tuple) -> dict | None:
+        """Attack the pairs, add the instances (from :meth:`_instances`), record them all with :meth:`_forward`."""
+        names, instance_x, instance_labels = instances
+        twins = self._attack(epoch)
+        if instance_x is not None:
+            twins["id"].extend(store.twin_id("instance", name) for name in names)
+            twins["input"].append(instance_x)
+            twins["label"].extend(instance_labels)
+            twins["perturbation"].extend([np.nan] * len(names))
+            twins["evaluations"].extend([0] * len(names))
+        if not twins["id"]:
+            return None
+        x = torch.cat([t.cpu() for t in twins["input"]])
+        logits, acts, _ = self._forward(x)
+        if self._one_logit:
+            logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
+        prediction = logits.argmax(1).numpy()
+        label = np.asarray(twins["label"])
+        n_attacked = len(twins["row"])
+        source_rows = np.asarray(twins["row"], dtype=np.int64)
+        fooled = np.zeros(len(label), dtype=np.int8)
+        fooled[:n_attacked] = (benign_prediction[source_rows] == label[:n_attacked]) & (prediction[:n_attacked] != label[:n_attacked])
+        images = None
+        if self._image_shape is not None and self._thumbnail_range is not None:
+            images = thumbnails(x, value_range=self._thumbnail_range)
+            if images is None or tuple(images.shape[1:]) != self._image_shape:
+                images = None  # the user's own probe images have another shape: twins go without
+        return {"id": twins["id"], "activations": [a.numpy() for a in acts], "logits": logits.numpy(),
+                "label": label, "fooled": fooled, "perturbation": np.asarray(twins["perturbation"], dtype=float),
+                "evaluations": np.asarray(twins["evaluations"]), "images": images}
+
+    def capture(self, epoch: int, metrics: Mapping[str, float] | None = None,
+                instances: Mapping[str, Any] | None = None) -> None:
         """Record the probe at ``epoch`` (an integer; capturing the same epoch again replaces it).
 
         ``metrics`` are scalars to keep with the epoch (training loss, validation accuracy...).
+        With ``attacks=`` the pairs' adversarial twins are made against the model as it is now
+        and recorded beside the probe. ``instances`` are inputs of your own to record the same
+        way, ``{name: input}`` or ``{name: (input, label)}`` with one probe-shaped input and a
+        class index or name (stored as twins ``"instance/<name>"``).
+
         The probe runs through the model first; then the previous epoch's write is awaited (at
         most one epoch is in flight) and this epoch's write is queued. So when ``capture``
         returns, every earlier epoch is durably on disk and this one is being written; call
@@ -551,6 +737,7 @@ class Recorder:
                 clean_metrics[str(key)] = float(value)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"metrics[{key!r}]: expected a number, got {value!r}") from exc
+        instances = self._instances(instances)  # bad instances fail before any work
         logits, acts, _ = self._forward(self.x)
         if self._one_logit:  # softmax([0, z]) = [1 - sigmoid(z), sigmoid(z)]; see the module docstring
             logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
@@ -568,6 +755,7 @@ class Recorder:
         weight = None
         if self._first_conv is not None:
             weight = self._first_conv[1].weight.detach().float().cpu().numpy()
+        twins = self._twins(int(epoch), logits.argmax(1).numpy(), instances)
         ds = store.epoch_dataset(
             int(epoch),
             layers=self.layers,
@@ -576,6 +764,7 @@ class Recorder:
             loss=loss.numpy(),
             metrics=clean_metrics,
             first_conv_weight=weight,
+            twins=twins,
         )
         self.flush()
         self._pending = self._writer.submit(store.append_epoch, self.path, ds, self.complevel, self.precision)

@@ -30,6 +30,47 @@ says how many units are real; the padding is NaN, which zlib compresses to almos
 disk (``benchmarks/bench_record.py`` prints the sizes). Use :func:`layer_activations` to get a
 layer's real units only.
 
+Adversarial twins (schema version 2). A capture may also record *twins*: probe samples changed
+by an attack against the model at that epoch, and instances the user passes in (see
+:mod:`neuromapper.attacks` and :meth:`neuromapper.Recorder.capture`). They live in the epoch
+files along a ``twin`` dimension whose coordinate is a string id with this grammar::
+
+    <method>[@<eps>]/<source>
+
+``method`` is ``fgsm``, ``pgd``, ``one-pixel`` or ``instance``; ``@<eps>`` (e.g. ``fgsm@0.1``,
+the shortest ``repr`` of the float) appears only when several ε are configured, otherwise the one ε is
+in the run's ``attacks`` attribute (JSON of the :class:`~neuromapper.attacks.AttackConfig`, with
+``twin_ids``, ``lo`` and ``hi`` resolved). ``source`` is the probe *sample id* (a value of the
+``sample`` coordinate) an attack started from, or the user's name for an instance; ids split
+on the first ``"/"`` only, so a name may contain ``"/"``. Only :func:`twin_table` parses ids.
+The variables, all with an ``epoch`` axis so that epochs with different twins concatenate:
+
+=====================================================  =======  ================================
+``twin_activation(epoch, layer, twin, unit)``          float32  as ``activation`` (NaN-padded)
+``twin_logits(epoch, twin, class)``                    float32  as ``logits``
+``twin_prediction(epoch, twin)``                       int16    argmax of ``twin_logits``
+``twin_label(epoch, twin)``                            int16    the source's label; an
+                                                                instance's given label or -1
+``twin_fooled(epoch, twin)``                           int8     1 when the source's prediction
+                                                                (``prediction``) at that epoch
+                                                                was its label and the twin's is
+                                                                not; else 0 (always 0 for
+                                                                instances)
+``twin_perturbation(epoch, twin)``                     float32  L∞ distance to the source in
+                                                                input units (NaN for instances)
+``twin_evaluations(epoch, twin)``                      int32    model evaluations the attack
+                                                                spent: 1 for FGSM, ``steps`` for
+                                                                PGD, the one-pixel search's
+                                                                count (the budget when nothing
+                                                                fooled), 0 for instances
+``twin_image(epoch, twin, image_y, image_x,            uint8    thumbnail on the probe images'
+image_channel)``                                                grey/colour scale
+=====================================================  =======  ================================
+
+After :func:`open_run` a twin absent at an epoch (one-pixel twins are usually made at a few
+epochs only) is NaN there, which turns the integer variables into floats. Runs written with
+schema version 1 have no twins and open as before.
+
 xarray attributes hold only strings and numbers, so dictionaries (hyperparameters, the model
 description) are stored as JSON strings; booleans are stored as 0/1.
 
@@ -58,11 +99,14 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from .reduce_params import KEY_LENGTH, ReduceParams
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: the first schema. 2: adversarial twins in the epoch files and the run's ``attacks`` attribute."""
+TWIN_METHODS = ("fgsm", "pgd", "one-pixel", "instance")
 RUN_FILE = "run.nc"
 EPOCH_DIR = "epochs"
 EPOCH_PATTERN = re.compile(r"^epoch-(\d{6})\.nc$")
@@ -295,6 +339,10 @@ def _check_same_run(root: Path, new: xr.Dataset) -> None:
         now = new[name].values if name in new.variables else None
         if was is None or now is None or len(was) != len(now) or not np.array_equal(was, now):
             differences.append(f"{what}: {_difference(was, now)}")
+    if old.attrs.get("attacks") != new.attrs.get("attacks"):
+        differences.append(
+            f"attacks: {old.attrs.get('attacks', 'none')} in the run, {new.attrs.get('attacks', 'none')} now"
+        )
     if old.attrs.get("probe_sha256") != new.attrs.get("probe_sha256"):
         differences.append(
             f"probe inputs: SHA-256 {old.attrs.get('probe_sha256')} in the run, {new.attrs.get('probe_sha256')} now"
@@ -330,12 +378,19 @@ def epoch_dataset(
     loss: np.ndarray,
     metrics: dict | None = None,
     first_conv_weight: np.ndarray | None = None,
+    twins: dict | None = None,
 ) -> xr.Dataset:
     """Build the Dataset of one epoch in the store's schema.
 
     ``activations`` is one ``(sample, units)`` array per layer; they are padded with NaN to the
     widest layer (see the module docstring). Non-finite values are kept as recorded and counted
     in ``nonfinite(epoch, layer)`` so that views can flag them.
+
+    ``twins`` holds the epoch's adversarial twins and instances (see the module docstring):
+    ``id`` (one string per twin, from :func:`twin_id`), ``activations`` (one ``(twin, units)``
+    array per layer), ``logits`` ``(twin, class)``, ``label``, ``fooled``, ``perturbation``,
+    ``evaluations`` (one value per twin) and optionally ``images`` (uint8
+    ``(twin, y, x, channel)``).
     """
     n = logits.shape[0]
     width = max(a.shape[1] for a in activations)
@@ -363,8 +418,93 @@ def epoch_dataset(
             ("epoch", "out_channel", "in_channel", "kernel_y", "kernel_x"),
             first_conv_weight[None].astype(np.float32),
         )
+    if twins is not None and len(twins["id"]):
+        ds = ds.merge(_twin_dataset(twins, layers, width), join="exact")
     ds.attrs = {"neuromapper_schema": SCHEMA_VERSION}
     return ds
+
+
+def twin_id(method: str, source: int | str, eps: float | None = None) -> str:
+    """The ``twin`` coordinate value for ``method`` applied to ``source`` (see the module docstring)."""
+    if method not in TWIN_METHODS:
+        raise ValueError(f"method: expected one of {list(TWIN_METHODS)}, got {method!r}")
+    return f"{method}{'' if eps is None else f'@{float(eps)!r}'}/{source}"
+
+
+def _twin_dataset(twins: dict, layers: list[str], width: int) -> xr.Dataset:
+    ids = [str(i) for i in twins["id"]]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"twin ids must be distinct, got {ids}")
+    n = len(ids)
+    act = np.full((1, len(layers), n, width), np.nan, dtype=np.float32)
+    for i, a in enumerate(twins["activations"]):
+        act[0, i, :, : a.shape[1]] = a
+    logits = np.asarray(twins["logits"], dtype=np.float32)
+    one = lambda key, dtype: (("epoch", "twin"), np.asarray(twins[key]).astype(dtype).reshape(1, n))  # noqa: E731
+    data = {
+        "twin_activation": (("epoch", "layer", "twin", "unit"), act),
+        "twin_logits": (("epoch", "twin", "class"), logits[None]),
+        "twin_prediction": (("epoch", "twin"), logits.argmax(axis=1)[None].astype(np.int16)),
+        "twin_label": one("label", np.int16),
+        "twin_fooled": one("fooled", np.int8),
+        "twin_perturbation": one("perturbation", np.float32),
+        "twin_evaluations": one("evaluations", np.int32),
+    }
+    if twins.get("images") is not None:
+        data["twin_image"] = (("epoch", "twin", "image_y", "image_x", "image_channel"),
+                              np.asarray(twins["images"], dtype=np.uint8)[None])
+    return xr.Dataset(data, coords={"twin": np.array(ids, dtype=str), "layer": np.array(layers, dtype=str)})
+
+
+def twin_table(ds: xr.Dataset) -> pd.DataFrame:
+    """What each twin of ``ds`` (a run from :func:`open_run`, or one epoch file) is, one row per twin.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by twin id (``ds["twin"]`` order), with columns ``method`` (``"fgsm"``,
+        ``"pgd"``, ``"one-pixel"`` or ``"instance"``), ``eps`` (float; NaN for one-pixel twins
+        and instances, and for ids without ``@<eps>`` when ``ds`` lacks the run's ``attacks``
+        attribute, as a bare epoch file does), ``source`` (int: the probe sample id attacked; -1 for instances),
+        ``name`` (str: the instance's name; ``""`` for attacks) and ``label`` (int: the true
+        label, -1 when an instance has none). Empty (with these columns) for a run without twins.
+
+    Raises
+    ------
+    RunError
+        When an id does not follow the grammar of the module docstring.
+    """
+    columns = {"method": [], "eps": [], "source": [], "name": [], "label": []}
+    ids = [str(v) for v in ds["twin"].values] if "twin" in ds.coords else []
+    config = json.loads(ds.attrs.get("attacks", "{}") or "{}")
+    single_eps = config.get("eps", [])
+    single_eps = float(single_eps[0]) if len(single_eps) == 1 else np.nan
+    labels = np.full(len(ids), -1, dtype=np.int64)
+    if ids and "twin_label" in ds:
+        values = np.asarray(ds["twin_label"].transpose("epoch", "twin").values, dtype=float)
+        for j in range(len(ids)):
+            present = values[:, j][np.isfinite(values[:, j])]
+            if present.size:
+                labels[j] = int(present[-1])  # the latest epoch that has this twin
+    for twin in ids:
+        head, slash, source = twin.partition("/")
+        method, at, eps = head.partition("@")
+        if not slash or method not in TWIN_METHODS or (at and method not in ("fgsm", "pgd")):
+            raise RunError(f"twin id {twin!r} does not read as <method>[@<eps>]/<source> with method one of "
+                           f"{list(TWIN_METHODS)}")
+        try:
+            eps_value = float(eps) if at else (single_eps if method in ("fgsm", "pgd") else np.nan)
+            source_id = -1 if method == "instance" else int(source)
+        except ValueError:
+            raise RunError(f"twin id {twin!r}: expected a number after '@' and an integer sample id after "
+                           "'/' for an attack") from None
+        columns["method"].append(method)
+        columns["eps"].append(eps_value)
+        columns["source"].append(source_id)
+        columns["name"].append(source if method == "instance" else "")
+    columns["label"] = labels.tolist()
+    table = pd.DataFrame(columns, index=pd.Index(ids, name="twin"))
+    return table.astype({"eps": float, "source": np.int64, "label": np.int64})
 
 
 PRECISIONS = ("float32", "16bit")
@@ -481,9 +621,10 @@ def open_run(path: str | os.PathLike, chunks: dict | None = None) -> xr.Dataset:
     Returns
     -------
     xarray.Dataset
-        Dimensions ``epoch``, ``layer``, ``sample``, ``unit``, ``class`` (and image/weight axes);
-        the run's attributes (``model``, ``hyperparameters`` as JSON strings, ``dataset``,
-        ``neuromapper_schema``).
+        Dimensions ``epoch``, ``layer``, ``sample``, ``unit``, ``class`` (and image/weight axes;
+        ``twin`` when adversarial twins were recorded, in the order they were first recorded);
+        the run's attributes (``model``, ``hyperparameters``, ``attacks`` as JSON strings,
+        ``dataset``, ``neuromapper_schema``).
 
     Raises
     ------
@@ -507,6 +648,9 @@ def open_run(path: str | os.PathLike, chunks: dict | None = None) -> xr.Dataset:
     per_epoch = xr.concat(
         parts, dim="epoch", data_vars="minimal", coords="minimal", compat="override", join="outer"
     )
+    if "twin" in per_epoch.coords:  # the outer join sorts ids as strings; keep the order they were recorded in
+        order = list(dict.fromkeys(str(t) for part in parts if "twin" in part.coords for t in part["twin"].values))
+        per_epoch = per_epoch.reindex(twin=order)
     per_epoch.attrs = {}
     ds = xr.merge([static, per_epoch], compat="override", join="exact", combine_attrs="override")
     ds.attrs = dict(static.attrs)

@@ -103,7 +103,7 @@ def test_plain_xarray_and_netcdf4_read_the_files(tmp_path):
                               data_vars="minimal", coords="minimal", compat="override", join="outer")
     assert plain.sizes["epoch"] == 3
     with netCDF4.Dataset(tmp_path / "run" / "run.nc") as nc:
-        assert nc.getncattr("neuromapper_schema") == 1
+        assert nc.getncattr("neuromapper_schema") == store.SCHEMA_VERSION
         assert list(nc["layer"][:]) == ["conv.1", "fc"]
 
 
@@ -139,8 +139,9 @@ def test_newer_schema_is_refused(tmp_path):
     future = _epoch(3)
     future.attrs["neuromapper_schema"] = store.SCHEMA_VERSION + 1
     store.append_epoch(tmp_path / "run", future)
-    with pytest.raises(RunError, match=r"epoch-000003.nc was written with NeuroMapper schema version 2, but this "
-                                       r"NeuroMapper reads schema versions up to 1"):
+    with pytest.raises(RunError, match=rf"epoch-000003.nc was written with NeuroMapper schema version "
+                                       rf"{store.SCHEMA_VERSION + 1}, but this NeuroMapper reads schema versions up to "
+                                       rf"{store.SCHEMA_VERSION}"):
         open_run(tmp_path / "run")
 
 
