@@ -12,8 +12,8 @@ import sys
 
 import panel as pn
 
-from neuromapper.views.shell import serve_app
+from neuromapper.views.shell import EXTENSIONS, serve_app
 
-pn.extension(notifications=True)
+pn.extension(*EXTENSIONS, notifications=True)
 
 serve_app(sys.argv[1] if len(sys.argv) > 1 else "data/demo").servable()

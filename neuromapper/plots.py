@@ -33,8 +33,39 @@ def rgba_source_data(rgba: np.ndarray, frame: Frame) -> dict:
     per pixel, without HoloViews' per-channel copies.
     """
     (x0, x1), (y0, y1) = frame.x_range, frame.y_range
+    return _image_source(rgba, x0, x1, y0, y1)
+
+
+def _image_source(rgba: np.ndarray, x0: float, x1: float, y0: float, y1: float) -> dict:
     packed = np.ascontiguousarray(rgba[::-1]).view(np.uint32)[..., 0]
     return {"image": [packed], "x": [x0], "y": [y0], "dw": [x1 - x0], "dh": [y1 - y0]}
+
+
+# -- the Activations page ------------------------------------------------------------------------------
+def activation_bars(rgba: np.ndarray, lo: float, hi: float) -> hv.RGB:
+    """Density bars of one layer: ``rgba`` rows are units (row 0 at the top, at y = rows - 1)."""
+    rows = rgba.shape[0]
+    return hv.RGB(rgba, bounds=(lo, -0.5, hi, rows - 0.5), kdims=["activation", "unit"])
+
+
+def bars_source_data(rgba: np.ndarray, lo: float, hi: float) -> dict:
+    """The Bokeh source data of :func:`activation_bars` (for pushing a new picture)."""
+    return _image_source(rgba, lo, hi, -0.5, rgba.shape[0] - 0.5)
+
+
+def activation_options(title: str, rows: int, lo: float, hi: float) -> dict:
+    """A layer's bars: as wide as the page gives, a few pixels per unit, fixed ranges."""
+    return dict(title=title, responsive=True, height=int(np.clip(rows * 6 + 70, 240, 680)), min_width=200,
+                xlim=(lo, hi), ylim=(-0.5, rows - 0.5),
+                framewise=False, tools=["tap"], default_tools=["pan", "wheel_zoom", "reset"], toolbar="above",
+                bgcolor="white", xlabel="activation", ylabel="unit", backend_opts=CANVAS)
+
+
+def instance_dots(dots: dict) -> hv.Points:
+    """Instances' activations as dots over the bars; ``dots`` has x, y, color and what (plain text)."""
+    return hv.Points(dots, kdims=["x", "y"], vdims=["color", "what"]).opts(
+        color="color", size=5, line_color="white", line_width=0.5, tools=["hover"],
+        hover_tooltips=[("", "@what"), ("activation", "@x{0.000}")])
 
 
 def layer_options(title: str, x_range, y_range) -> dict:

@@ -29,6 +29,10 @@ CORRECTNESS_COLORS = {"correct": "#4c78a8", "incorrect": "#e45756"}
 FLIP_COLORS = {"learned": "#54a24b", "forgotten": "#e45756"}
 UNCHANGED_COLOR = "#c8c8c8"
 UNSELECTED_COLOR = "#b4b4b4"
+# The Activations page: group bars that are not a class, and the instances' dots (benign original,
+# attacked twin, the sample focused on another page).
+ACTIVATION_COLORS = {"selection": "#3d3d3d", "misclassified": "#b8860b",
+                     "benign": "#1a9850", "attacked": "#d73027", "focused": "#111111"}
 UNSELECTED_ALPHA = 0.45
 
 

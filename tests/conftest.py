@@ -46,3 +46,30 @@ def small_run(tmp_path_factory, digits):
             rec.capture(epoch, metrics={"train_loss": loss.item()})
     return path
 
+
+
+@pytest.fixture(scope="session")
+def twin_run(tmp_path_factory, digits):
+    """A 3-epoch DigitCNN run on 8x8 digits with FGSM/PGD twins every epoch, one-pixel twins at the
+    last epoch and one instance of the user's own; class names include markup."""
+    from neuromapper.attacks import AttackConfig
+
+    path = tmp_path_factory.mktemp("runs") / "twins"
+    torch.manual_seed(0)
+    model = DigitCNN(in_channels=1, n_classes=10, image_size=8, width=8)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x_train, y_train = digits.x[300:], digits.y[300:]
+    names = ["<b>zero</b>", *digits.class_names[1:]]
+    attacks = AttackConfig(methods=("fgsm", "pgd", "one-pixel"), eps=0.2, pgd_steps=5, per_class=2,
+                           one_pixel_budget=256, one_pixel_epochs=(2,), one_pixel_per_class=1)
+    with Recorder(model, layers=["conv1", "conv2", "fc1", "fc2"], probe=(digits.x[:300], digits.y[:300]),
+                  class_names=names, path=path, dataset="digits", attacks=attacks) as rec:
+        for epoch in range(3):
+            if epoch:
+                for start in range(0, len(y_train), 128):
+                    loss = nn.functional.cross_entropy(model(x_train[start:start + 128]), y_train[start:start + 128])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+            rec.capture(epoch, instances={"my <i>own</i>": (digits.x[310], int(digits.y[310]))})
+    return path

@@ -13,16 +13,29 @@ path itself when it is a run, else every run directly inside it (or one level de
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
-from ..store import RUN_FILE, RunError, json_attr, open_run, recorded_epochs, run_dir, run_root
+from ..store import (
+    RUN_FILE,
+    RunError,
+    json_attr,
+    layer_activations,
+    open_run,
+    recorded_epochs,
+    run_dir,
+    run_root,
+    twin_table,
+)
 
 _OPENED: dict[tuple[str, tuple[int, ...]], RunFacts] = {}
 _OPENED_LOCK = threading.Lock()
+ACTIVATION_CACHE = 12  # (layer, epoch) arrays kept per run: 12 x 20 MB at 10,000 samples x 512 units
 
 
 @dataclass(eq=False)
@@ -38,6 +51,8 @@ class RunFacts:
     predictions: np.ndarray  # (epoch, sample)
     loss: np.ndarray  # (epoch, sample)
     metrics: dict[str, np.ndarray] = field(default_factory=dict)
+    _arrays: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _arrays_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def open(cls, path) -> RunFacts:
@@ -94,6 +109,45 @@ class RunFacts:
     @property
     def images(self) -> xr.DataArray | None:
         return self.ds["image"] if "image" in self.ds else None
+
+    @property
+    def layers(self) -> list[str]:
+        return [str(v) for v in self.ds["layer"].values]
+
+    def activations(self, layer: str, epoch: int) -> np.ndarray:
+        """The probe's activations ``(sample, unit)`` at ``layer`` and ``epoch`` (float32, shared, read-only)."""
+        return self._cached(("probe", layer, epoch),
+                            lambda: layer_activations(self.ds, layer).sel(epoch=epoch).values)
+
+    @property
+    def twins(self) -> pd.DataFrame:
+        """The run's recorded instances (attacked twins and the user's own), from :func:`store.twin_table`."""
+        return self._cached(("twins",), lambda: twin_table(self.ds))
+
+    def twin_activations(self, layer: str, epoch: int) -> np.ndarray:
+        """The twins' activations ``(twin, unit)`` at ``layer`` and ``epoch``; NaN rows where not recorded."""
+        def read():
+            width = int(self.ds["layer_units"].sel(layer=layer))
+            return self.ds["twin_activation"].sel(layer=layer, epoch=epoch).isel(unit=slice(0, width)).values
+        return self._cached(("twin", layer, epoch), read)
+
+    def twin_values(self, name: str, epoch: int) -> np.ndarray:
+        """A per-twin variable (``twin_prediction``, ``twin_fooled``...) at ``epoch``, one value per twin."""
+        return self._cached((name, epoch), lambda: np.asarray(self.ds[name].sel(epoch=epoch).values))
+
+    def _cached(self, key: tuple, read):
+        with self._arrays_lock:
+            if key in self._arrays:
+                self._arrays.move_to_end(key)
+                return self._arrays[key]
+        value = read()  # lazy reads take the HDF5 guard themselves (on dask's threads: not held here)
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False
+        with self._arrays_lock:
+            self._arrays[key] = value
+            while len(self._arrays) > ACTIVATION_CACHE:
+                self._arrays.popitem(last=False)
+        return value
 
     def accuracy(self) -> np.ndarray:
         """Probe accuracy per recorded epoch."""

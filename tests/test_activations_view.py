@@ -1,0 +1,178 @@
+"""The Activations page driven through the shared state with no browser (painter and Viewer)."""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pytest
+
+from neuromapper import distributions
+from neuromapper.store import layer_activations, open_run
+from neuromapper.views.activations import ActivationsView
+from neuromapper.views.activations_painter import (
+    MISCLASSIFIED,
+    NOTHING,
+    SELECTION,
+    UNIT_INDEX,
+    ActivationsPainter,
+    class_item,
+    sample_item,
+    twin_item,
+)
+from neuromapper.views.state import SessionState
+
+
+@pytest.fixture
+def state(twin_run):
+    state = SessionState(twin_run)
+    yield state
+    state.dispose()
+
+
+@pytest.fixture
+def painter(state):
+    painter = ActivationsPainter(state)
+    yield painter
+    painter.dispose()
+
+
+def _acts(run_path, layer, epoch):
+    return np.asarray(layer_activations(open_run(run_path), layer).sel(epoch=epoch).values)
+
+
+def test_the_defaults_show_a_fooled_pair_with_its_true_and_attacked_classes(painter, state):
+    run = state.run
+    twins = run.twins
+    assert set(twins["method"]) == {"fgsm", "pgd", "one-pixel", "instance"}
+    (pair,) = painter.pairs
+    i = list(twins.index).index(pair)
+    fooled = run.twin_values("twin_fooled", state.epoch)
+    if (fooled[: len(twins)] == 1).any():
+        assert fooled[i] == 1
+    predicted = int(run.twin_values("twin_prediction", state.epoch)[i])
+    true = int(twins.at[pair, "label"])
+    assert painter.groups == list(dict.fromkeys([class_item(true), class_item(predicted)]))
+    assert painter.layers == ["conv1", "conv2", "fc1", "fc2"]
+
+
+def test_each_group_bar_is_that_groups_histogram(painter, state, twin_run):
+    painter.groups = [class_item(3)]
+    state.epoch = 2
+    rgba, axis, rows = painter.picture("fc1")
+    acts = _acts(twin_run, "fc1", 2)
+    members = acts[state.run.labels == 3]
+    assert rgba.shape == (acts.shape[1], axis.bins, 4)
+    for row, unit in enumerate(rows[:5]):
+        counts, _ = np.histogram(np.clip(members[:, unit], axis.lo, axis.hi), bins=axis.bins, range=(axis.lo, axis.hi))
+        expected = np.round(255 * counts / counts.max())
+        np.testing.assert_allclose(rgba[row, :, 3], expected, atol=1)
+
+
+def test_sort_orders_follow_each_option(painter, state, twin_run):
+    state.epoch = 2
+    acts = _acts(twin_run, "fc1", 2)
+    labels = state.run.labels
+    painter.sort_by = UNIT_INDEX
+    np.testing.assert_array_equal(painter.rows("fc1"), np.arange(acts.shape[1]))
+    painter.sort_by = class_item(4)
+    median4 = np.median(acts[labels == 4], axis=0)
+    assert np.all(np.diff(median4[painter.rows("fc1")]) <= 0)
+    painter.sort_minus = class_item(5)
+    difference = median4 - np.median(acts[labels == 5], axis=0)
+    assert np.all(np.diff(difference[painter.rows("fc1")]) <= 0)
+    twin = painter.pairs[0]
+    sample = int(state.run.twins.at[twin, "source"])
+    painter.sort_by, painter.sort_minus = sample_item(sample), NOTHING
+    row = int(np.flatnonzero(state.run.samples == sample)[0])
+    assert np.all(np.diff(acts[row][painter.rows("fc1")]) <= 0)
+    painter.sort_by = twin_item(twin)
+    twin_acts = state.run.twin_activations("fc1", 2)[list(state.run.twins.index).index(twin)]
+    assert np.all(np.diff(twin_acts[painter.rows("fc1")]) <= 0)
+
+
+def test_a_click_hides_a_unit_and_a_click_on_it_shows_it_again(painter, state):
+    painter.sort_by = UNIT_INDEX
+    n = len(painter.rows("conv2"))
+    top_y = n - 1  # row 0 is drawn at the top
+    assert painter.unit_at("conv2", top_y) == 0
+    painter.toggle_unit("conv2", painter.unit_at("conv2", top_y - 3))
+    assert painter.hidden == {"conv2": (3,)}
+    shown, hidden = painter.order("conv2")
+    assert 3 not in shown and list(hidden) == [3] and painter.rows("conv2")[-1] == 3  # greyed at the bottom
+    rgba, _, _ = painter.picture("conv2")
+    assert (rgba[-1, :, 3] <= 0.35 * 255 + 1).all()
+    assert painter.unit_at("conv2", 0) == 3  # the bottom row is the hidden unit: clicking it shows it
+    painter.toggle_unit("conv2", 3)
+    assert painter.hidden == {}
+    painter.toggle_unit("conv2", 1)
+    painter.show_all()
+    assert painter.hidden == {} and painter.unit_at("conv2", -5) is None
+
+
+def test_an_epoch_step_changes_the_bars_and_a_selection_becomes_a_group(painter, state):
+    before = painter.picture("fc2")[0].copy()
+    state.epoch = 2
+    assert not np.array_equal(before, painter.picture("fc2")[0])
+    ids = state.run.samples[:40]
+    state.select(ids)
+    assert SELECTION in painter.groups
+    assert painter.members(SELECTION).sum() == 40
+    assert np.array_equal(painter.members(MISCLASSIFIED), state.run.predictions[2] != state.run.labels)
+
+
+def test_dots_show_both_members_of_a_pair_and_the_focused_sample(painter, state):
+    twin = painter.pairs[0]
+    source = int(state.run.twins.at[twin, "source"])
+    rows = painter.rows("fc1")
+    dots = painter.dots("fc1", rows, painter.axis("fc1"))
+    assert dots["what"].count(f"benign #{source}") == len(rows)
+    assert dots["what"].count(painter.twin_label(twin)) == len(rows)
+    other = int(state.run.samples[5])
+    state.focus(other)
+    dots = painter.dots("fc1", rows, painter.axis("fc1"))
+    assert dots["what"].count(f"focused #{other}") == len(rows)
+    axis = painter.axis("fc1")
+    assert min(dots["x"]) >= axis.lo and max(dots["x"]) <= axis.hi
+
+
+def test_divergence_scores_twins_against_their_predicted_class(painter, state, twin_run):
+    state.epoch = 2
+    layer = painter.score_layer
+    acts = _acts(twin_run, layer, 2)
+    profiles = distributions.class_profiles(acts, state.run.labels, 10)
+    twins = state.run.twins
+    predicted = state.run.twin_values("twin_prediction", 2)
+    scores = painter.twin_scores(layer)
+    i = 0
+    expected = distributions.divergence(state.run.twin_activations(layer, 2)[[i]], [int(predicted[i])], profiles)
+    assert scores[i] == pytest.approx(expected[0])
+    ranking = painter.ranking(n=8)
+    assert [r["score"] for r in ranking] == sorted((r["score"] for r in ranking), reverse=True)
+    n, higher, twin_median, benign_median = painter.twin_vs_benign(layer)
+    assert n == int((twins["source"] >= 0).sum()) - int(np.isnan(scores[(twins["source"] >= 0).to_numpy()]).sum())
+    assert 0 <= higher <= n and np.isfinite(twin_median)
+
+
+def test_user_text_is_escaped_in_labels_cards_and_legend(painter, state):
+    painter.groups = [class_item(0)]
+    painter.pairs = [t for t in state.run.twins.index if state.run.twins.at[t, "method"] == "instance"]
+    cards, legend = painter.pair_cards_html(), painter.legend_html()
+    assert "<b>zero</b>" not in legend and html.escape("class <b>zero</b>") in legend
+    assert "<i>own</i>" not in cards and html.escape("instance my <i>own</i>") in cards
+
+
+def test_the_view_pushes_new_pictures_when_the_state_moves(state):
+    view = ActivationsView(state)
+    try:
+        view.__panel__()
+        assert [panel.name for panel in view._main.objects] == view.painter.layers
+        view.painter.layers = ["fc1"]
+        assert [panel.name for panel in view._main.objects] == ["fc1"]
+        frame = view._ranking_frame()
+        assert list(frame["divergence"]) == sorted(frame["divergence"], reverse=True)
+        row = int(np.flatnonzero(frame["twin"].isna())[0])
+        view._focus_row(frame, row)
+        assert state.focused == int(frame.iloc[row]["id"])
+    finally:
+        view.dispose()
