@@ -319,3 +319,22 @@ def draw_segments(rgba: np.ndarray, start: np.ndarray, end: np.ndarray, rgb: np.
                        np.ascontiguousarray(rgb, dtype=np.float64), np.ascontiguousarray(alpha, dtype=np.float64),
                        *frame.transform(), out)
     return out
+
+
+def arrow_heads(start: np.ndarray, end: np.ndarray, frame: Frame, px: float) -> tuple[np.ndarray, np.ndarray]:
+    """The two barb ends of an arrowhead ``px`` screen pixels long at each ``end`` (data coordinates).
+
+    Computed in screen pixels, so the heads look the same in a layer whose axes have different
+    scales; an arrow of zero length gets its barbs at its end (drawn as a point).
+    """
+    (x0, x1), (y0, y1) = frame.x_range, frame.y_range
+    scale = np.array([frame.width / (x1 - x0), frame.height / (y1 - y0)])
+    direction = (end - start) * scale
+    length = np.linalg.norm(direction, axis=1, keepdims=True)
+    unit = np.divide(direction, length, out=np.zeros_like(direction), where=length > 0)
+    barbs = []
+    for angle in (np.pi * 5 / 6, -np.pi * 5 / 6):
+        c, s = np.cos(angle), np.sin(angle)
+        rotated = np.column_stack([unit[:, 0] * c - unit[:, 1] * s, unit[:, 0] * s + unit[:, 1] * c])
+        barbs.append(end + px * rotated / scale)
+    return barbs[0], barbs[1]

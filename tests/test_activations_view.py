@@ -47,10 +47,11 @@ def test_the_defaults_show_a_fooled_pair_with_its_true_and_attacked_classes(pain
     assert set(twins["method"]) == {"fgsm", "pgd", "one-pixel", "instance"}
     (pair,) = painter.pairs
     i = list(twins.index).index(pair)
-    fooled = run.twin_values("twin_fooled", state.epoch)
-    if (fooled[: len(twins)] == 1).any():
+    last = run.epochs[-1]
+    fooled = run.twin_values("twin_fooled", last)
+    if (fooled == 1).any():
         assert fooled[i] == 1
-    predicted = int(run.twin_values("twin_prediction", state.epoch)[i])
+    predicted = int(run.twin_values("twin_prediction", last)[i])
     true = int(twins.at[pair, "label"])
     assert painter.groups == list(dict.fromkeys([class_item(true), class_item(predicted)]))
     assert painter.layers == ["conv1", "conv2", "fc1", "fc2"]
@@ -176,3 +177,36 @@ def test_the_view_pushes_new_pictures_when_the_state_moves(state):
         assert state.focused == int(frame.iloc[row]["id"])
     finally:
         view.dispose()
+
+
+def test_attack_arrows_start_at_the_benign_point_and_are_drawn_into_the_embedding(twin_run):
+    from neuromapper.reduce import reduce
+    from neuromapper.views.embedding_painter import EmbeddingPainter
+
+    embedding = reduce(twin_run, method="pca", progress=None)
+    state = SessionState(twin_run, embedding=embedding)
+    painter = EmbeddingPainter(state)
+    try:
+        scene = state.scene
+        state.epoch = scene.epochs[-1]
+        e = scene.epochs.index(state.epoch)
+        start, end, fooled = painter.twin_arrows("fc2", e)
+        table = state.run.twins
+        sources = table["source"][table["source"] >= 0].to_numpy()
+        assert len(start) == len(sources) == len(fooled)
+        embedded = {int(s): i for i, s in enumerate(scene.samples)}
+        for k in range(3):
+            i = embedded[int(sources[k])]  # the benign image is embedded: its arrow starts on its own point
+            np.testing.assert_allclose(start[k], [scene.xs["fc2"][e, i], scene.ys["fc2"][e, i]])
+        assert np.isfinite(end).all()
+        np.testing.assert_array_equal(fooled, state.run.twin_values("twin_fooled", state.epoch)[table["source"] >= 0] == 1)
+        painter.attack_arrows = "all"
+        with_arrows = painter.layer_image("fc2")[1].copy()
+        painter.attack_arrows = "off"
+        without = painter.layer_image("fc2")[1]
+        assert (with_arrows != without).any(axis=-1).sum() > 20
+        painter.attack_arrows = "all"
+        assert "attacked twins fooled" in painter.legend_html()
+    finally:
+        painter.dispose()
+        state.dispose()

@@ -106,12 +106,12 @@ class ActivationsPainter(param.Parameterized):
         )
 
     def _default_pairs(self) -> list[str]:
-        """The first attacked twin that fools the model at the current epoch (else the first twin)."""
+        """The first attacked twin that fools the trained model (the last epoch), else the first twin."""
         twins = self.run.twins
         attacks = [t for t in twins.index if twins.at[t, "source"] >= 0]
         if not attacks:
             return list(twins.index[:1])
-        fooled = self.run.twin_values("twin_fooled", self.state.epoch)
+        fooled = self.run.twin_values("twin_fooled", self.run.epochs[-1])
         index = {t: i for i, t in enumerate(twins.index)}
         for t in attacks:
             if fooled[index[t]] == 1:
@@ -119,7 +119,7 @@ class ActivationsPainter(param.Parameterized):
         return attacks[:1]
 
     def _default_groups(self, pairs: list[str]) -> list[str]:
-        """The true class of the first pair and the class the attack made of it (else the first two classes)."""
+        """The true class of the first pair and the class the attack made of it at the last epoch (else classes 0, 1)."""
         run = self.run
         if pairs:
             twins = run.twins
@@ -128,7 +128,7 @@ class ActivationsPainter(param.Parameterized):
             if source >= 0:
                 row = int(np.flatnonzero(run.samples == source)[0])
                 true = int(run.labels[row])
-                predicted = self.run.twin_values("twin_prediction", self.state.epoch)[list(twins.index).index(t)]
+                predicted = self.run.twin_values("twin_prediction", self.run.epochs[-1])[list(twins.index).index(t)]
                 attacked = int(predicted) if np.isfinite(predicted) else true
                 return list(dict.fromkeys([class_item(true), class_item(attacked)]))
         return [class_item(c) for c in range(min(2, len(run.class_names)))]
@@ -371,9 +371,10 @@ class ActivationsPainter(param.Parameterized):
         legend = {self.label(item): self.color(item) for item in self.groups}
         counts = {self.label(item): int(self.members(item).sum()) for item in self.groups}
         if self.pairs:
-            legend.update({"benign original ●": ACTIVATION_COLORS["benign"], "attacked twin ●": ACTIVATION_COLORS["attacked"]})
+            legend.update({"benign original (dots)": ACTIVATION_COLORS["benign"],
+                           "attacked twin (dots)": ACTIVATION_COLORS["attacked"]})
         if self.state.focused is not None:
-            legend[f"focused #{self.state.focused} ●"] = ACTIVATION_COLORS["focused"]
+            legend[f"focused #{self.state.focused} (dots)"] = ACTIVATION_COLORS["focused"]
         return plots.legend_html(legend, counts)
 
     def thumbnail_uri(self, sample: int | None, twin: str | None) -> str:

@@ -55,7 +55,7 @@ class EmbeddingView(pn.viewable.Viewer):
         state.param.watch(self._push_images, ["epoch", "classes", "selection_version"])
         state.param.watch(self._push_ring, ["focused"])
         state.param.watch(self._move_marker, ["epoch"])
-        self.painter.param.watch(self._push_images, ["color_by", "show", "trajectories"])
+        self.painter.param.watch(self._push_images, ["color_by", "show", "trajectories", "attack_arrows"])
         self.painter.param.watch(self._layout_layers, ["layers"])
         self._layout_layers()
 
@@ -204,6 +204,7 @@ class EmbeddingView(pn.viewable.Viewer):
             pn.widgets.RadioButtonGroup.from_param(self.painter.param.show, color="light"),
             heading("**trajectories** across epochs (older steps fade)"),
             pn.widgets.RadioButtonGroup.from_param(self.painter.param.trajectories, color="light"),
+            *self._attack_controls(heading),
             pn.layout.Divider(),
             heading("**embedding** · recomputed in the background when changed, cached"),
             pn.widgets.Select.from_param(self.param.method),
@@ -217,6 +218,15 @@ class EmbeddingView(pn.viewable.Viewer):
             self._clear_button(),
             sizing_mode="stretch_width",
         )
+
+    def _attack_controls(self, heading) -> list:
+        """Arrows benign → attacked twin, for runs recorded with attacks."""
+        twins = self.state.run.twins
+        if not (twins["source"] >= 0).any():
+            return []
+        return [heading("**attacks** · arrow from each benign image to its attacked twin, placed by its nearest "
+                        "probe neighbours (red: fooled)"),
+                pn.widgets.RadioButtonGroup.from_param(self.painter.param.attack_arrows, color="light")]
 
     def _clear_button(self) -> pn.widgets.Button:
         button = pn.widgets.Button(label="clear selection", color="light")

@@ -35,14 +35,17 @@ import numpy as np
 import pandas as pd
 import param
 
-from .. import plots, raster
-from ..scene import COLOR_BY, SHOW, ViewState
+from .. import plots, raster, twins
+from ..scene import ACTIVATION_COLORS, COLOR_BY, SHOW, ViewState
 from .state import SessionState
 
 TRAJECTORIES = ("off", "class centroids", "selection")
 MAX_SAMPLE_PATHS = 2000
 HOVER_RADIUS_PX = 6
 LOOP_POLICIES = ("once", "loop", "reflect")
+ATTACK_ARROWS = ("off", "fooled", "all")
+NOT_FOOLED_COLOR = "#7f7f7f"
+ARROW_HEAD_PX = 7
 
 
 def _draw_paths(paths: tuple, rgba: np.ndarray, layer: str, epoch_index: int, frame) -> np.ndarray:
@@ -66,6 +69,8 @@ class EmbeddingPainter(param.Parameterized):
     color_by = param.Selector(default=COLOR_BY[0], objects=list(COLOR_BY))
     show = param.Selector(default=SHOW[0], objects=list(SHOW))
     trajectories = param.Selector(default=TRAJECTORIES[0], objects=list(TRAJECTORIES))
+    attack_arrows = param.Selector(default="fooled", objects=list(ATTACK_ARROWS),
+                                   doc="Arrows from each benign image to its attacked twin (fooled ones or all).")
     loop_policy = param.Selector(default="loop", objects=list(LOOP_POLICIES), doc="What the player does at the end.")
     size = param.Integer(default=plots.LAYER_SIZE, bounds=(64, 2048),
                          doc="Raster pixels per layer side until the plot reports its own size.")
@@ -85,6 +90,7 @@ class EmbeddingPainter(param.Parameterized):
         self._direction = 1
         self._shown_epoch_index: int | None = None
         self._focused_cache: tuple = (None, None, None)
+        self._arrow_cache: dict[tuple, tuple] = {}
         state.param.watch(self._scene_changed, "scene")
         self._scene_changed()
 
@@ -114,7 +120,7 @@ class EmbeddingPainter(param.Parameterized):
         )
 
     def _key(self, view: ViewState) -> tuple:
-        return (view, id(self.scene), self.trajectories)
+        return (view, id(self.scene), self.trajectories, self.attack_arrows)
 
     def selected_mask(self) -> np.ndarray | None:
         """Bool per embedded sample: is it selected? ``None`` when nothing is selected."""
@@ -161,7 +167,54 @@ class EmbeddingPainter(param.Parameterized):
     def _render_all(self, frames: dict[str, raster.Frame], epoch_index: int, coloring, view) -> dict:
         images = self.scene.render_layers(frames, epoch_index, coloring)
         paths = self._paths_of(view)
-        return {layer: _draw_paths(paths, images[layer], layer, epoch_index, frames[layer]) for layer in frames}
+        arrows = (self.attack_arrows, self.scene)
+        return {layer: self._draw_arrows(arrows, _draw_paths(paths, images[layer], layer, epoch_index, frames[layer]),
+                                         layer, epoch_index, frames[layer]) for layer in frames}
+
+    def twin_arrows(self, layer: str, epoch_index: int, scene=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(benign xy, twin xy, fooled)`` of every attacked twin at ``layer`` and epoch, in the layout.
+
+        Both ends are placed by :func:`neuromapper.twins.place` from the embedded probe samples'
+        activations at that layer and epoch (a benign image that is itself embedded lands on its
+        own point); NaN where a twin was not recorded at that epoch.
+        """
+        scene = scene or self.scene
+        run = self.state.run
+        key = (id(scene), id(run), layer, epoch_index)
+        cached = self._arrow_cache.get(key)
+        if cached is not None:
+            return cached
+        table = run.twins
+        attacked = np.flatnonzero(table["source"].to_numpy() >= 0)
+        epoch = scene.epochs[epoch_index]
+        if not len(attacked) or "twin_activation" not in run.ds or epoch not in run.epochs:
+            empty = np.zeros((0, 2))
+            return empty, empty, np.zeros(0, bool)
+        row_of = {int(s): i for i, s in enumerate(run.samples)}
+        embedded = np.array([row_of[int(s)] for s in scene.samples])
+        reference = run.activations(layer, epoch)[embedded]
+        xy = np.column_stack([scene.xs[layer][epoch_index], scene.ys[layer][epoch_index]])
+        sources = np.array([row_of[int(table["source"].iloc[i])] for i in attacked])
+        start = twins.place(run.activations(layer, epoch)[sources], reference, xy)
+        end = twins.place(run.twin_activations(layer, epoch)[attacked], reference, xy)
+        fooled = run.twin_values("twin_fooled", epoch)[attacked] == 1
+        self._arrow_cache[key] = result = (start, end, fooled)
+        return result
+
+    def _draw_arrows(self, arrows: tuple, rgba: np.ndarray, layer: str, epoch_index: int, frame) -> np.ndarray:
+        kind, scene = arrows
+        if kind == "off" or scene is None:
+            return rgba
+        start, end, fooled = self.twin_arrows(layer, epoch_index, scene)
+        keep = np.isfinite(start).all(axis=1) & np.isfinite(end).all(axis=1) & (fooled if kind == "fooled" else True)
+        if not keep.any():
+            return rgba
+        start, end, fooled = start[keep], end[keep], fooled[keep]
+        rgb = raster.hex_to_rgb([ACTIVATION_COLORS["attacked"], NOT_FOOLED_COLOR])[np.where(fooled, 0, 1)]
+        head_a, head_b = raster.arrow_heads(start, end, frame, ARROW_HEAD_PX)
+        segments = (np.vstack([start, end, end]), np.vstack([end, head_a, head_b]))
+        colors = np.vstack([rgb, rgb, rgb])
+        return raster.draw_segments(rgba, *segments, colors, np.full(len(colors), 230.0), frame)
 
     def _paths_of(self, view: ViewState) -> tuple:
         """What the trajectories of ``view`` are drawn from, fixed now: (kind, scene, hidden or members)."""
@@ -359,7 +412,17 @@ class EmbeddingPainter(param.Parameterized):
         elif drawn == 0:
             note = " · <b>no sample passes the filters</b>: show more classes or choose another filter"
         return (f"{legend}<div class='nm-drawn' style='font-size:12px;color:#666'>{drawn:,} of {len(self.scene):,} "
-                f"samples drawn at epoch {self.state.epoch}{selected}{note}</div>")
+                f"samples drawn at epoch {self.state.epoch}{selected}{self._arrows_note(view)}{note}</div>")
+
+    def _arrows_note(self, view: ViewState) -> str:
+        if self.attack_arrows == "off" or not self.layers:
+            return ""
+        _, _, fooled = self.twin_arrows(self.layers[0], view.epoch_index)
+        if not len(fooled):
+            return ""
+        color = ACTIVATION_COLORS["attacked"]
+        return (f" · <span style='color:{color}'>→</span> {int(fooled.sum())} of {len(fooled)} attacked twins fooled "
+                f"the model (arrows: benign → twin{', red = fooled' if self.attack_arrows == 'all' else ''})")
 
     def quality_html(self, layer: str) -> str:
         """Method, parameters and faithfulness of ``layer`` at the current epoch."""
