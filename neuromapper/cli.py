@@ -179,13 +179,40 @@ def serve(run: str | Path, port: int = 5006, address: str = "127.0.0.1", show: b
                   "open the dashboard and start reductions; use --basic-auth or --oauth-provider", file=sys.stderr)
     import panel as pn
 
-    from .views.shell import serve_app
+    from .views.shell import EXTENSIONS, serve_app
 
-    pn.extension(notifications=True)
+    pn.extension(*EXTENSIONS, notifications=True)
     what = f"{len(runs)} runs in {run}" if len(runs) > 1 else str(runs[0].path)
     print(f"NeuroMapper dashboard for {what} at http://{address}:{port}/ (Ctrl-C to stop)")
-    pn.serve({"/": lambda: serve_app(run)}, port=port, address=address, show=show, title="NeuroMapper",
-             websocket_origin=origins, **{k: v for k, v in auth.items() if v})
+    pn.serve({"/": lambda: _served_locally(serve_app, run)}, port=port, address=address, show=show,
+             title="NeuroMapper", websocket_origin=origins,
+             unused_session_lifetime_milliseconds=int(UNUSED_SESSION_LIFETIME_S * 1000),
+             check_unused_sessions_milliseconds=int(CHECK_UNUSED_SESSIONS_S * 1000),
+             **{k: v for k, v in auth.items() if v})
+
+
+# A page's session is made when its HTML is requested and kept for the websocket the page then
+# opens. Bokeh discards a session nobody has connected to for 15 s and, when the page connects
+# later (20 pages opening at once on two cores took up to a minute), builds a new one for it
+# from the websocket request. Panel tells a session to load its stylesheets from the server
+# only while rendering the HTML (`doc._template_variables["dist_url"]`); a session built for a
+# websocket never gets it, and every stylesheet of its widgets (bootstrap, font-awesome, notyf,
+# Panel's own) then points at cdn.holoviz.org. So every session is told at once, and an unused
+# session lives long enough for a slow page to connect (and no longer than it must: a closed
+# page's session is released this long after it closes).
+UNUSED_SESSION_LIFETIME_S = 30.0
+CHECK_UNUSED_SESSIONS_S = 5.0
+
+
+def _served_locally(make_app, *args):
+    """``make_app(*args)`` for the current session, its stylesheets pointed at this server, not Panel's CDN."""
+    import panel as pn
+    from panel.io.resources import get_dist_path
+
+    doc = pn.state.curdoc
+    if doc is not None:
+        doc._template_variables.setdefault("dist_url", get_dist_path(cdn=False))
+    return make_app(*args)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -261,7 +288,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         strategy=args.strategy, thumbnails="auto", progress=True,
     )
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) in {time.perf_counter() - start:.1f} s; "
-          f"{facts['strategy']['name']} strategy: {facts['strategy']['reason']}")
+          f"{facts['strategy']['name']} strategy: {facts['strategy']['reason']}; "
+          f"the Activations section takes {facts['activations_bytes'] / 1e6:.2f} MB")
     if facts["coverage"]:
         print(f"note: {facts['coverage']}")
     return 0

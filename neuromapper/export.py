@@ -85,6 +85,7 @@ import numpy as np
 import xarray as xr
 
 from . import raster
+from .export_activations import activations_payload
 from .reduce_params import ReduceParams
 from .scene import COLOR_BY, CORRECTNESS_COLORS, EmbeddingScene, ViewState, scene_for
 from .store import find_embedding, json_attr, list_embeddings, open_run, replacing, run_dir
@@ -200,13 +201,15 @@ def _export(run, path, *, embedding, layers, epochs, width, strategy, thumbnails
         data["points"] = _points_payload(ds, scene, position, width, sprite)
     else:
         data["images"] = _images_payload(scene, width, progress, rendered)
+    data["activations"] = activations_payload(ds, embedding, scene.layers)
     data["strategy"] = {"name": chosen, "reason": reason, "estimate": vars(estimate)}
     data["coverage"] = coverage
     page = _page(data)
     out = Path(path)
     with replacing(out) as tmp:  # a full disk or a kill leaves the previous file, never a truncated page
         tmp.write_text(page, encoding="utf-8")
-    return out, {"strategy": data["strategy"], "coverage": coverage}
+    activations = len(json.dumps(data["activations"], separators=(",", ":")))
+    return out, {"strategy": data["strategy"], "coverage": coverage, "activations_bytes": activations}
 
 
 # -- arguments ---------------------------------------------------------------------------------

@@ -31,8 +31,9 @@ UNCHANGED_COLOR = "#c8c8c8"
 UNSELECTED_COLOR = "#b4b4b4"
 # The Activations page: group bars that are not a class, and the instances' dots (benign original,
 # attacked twin, the sample focused on another page).
+# Instance colours stay off the class palette's hues (category10): black, magenta, sky blue.
 ACTIVATION_COLORS = {"selection": "#3d3d3d", "misclassified": "#b8860b",
-                     "benign": "#1a9850", "attacked": "#d73027", "focused": "#111111"}
+                     "benign": "#000000", "attacked": "#ff00ff", "focused": "#00a0ff"}
 UNSELECTED_ALPHA = 0.45
 
 

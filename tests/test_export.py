@@ -365,3 +365,40 @@ def test_cli_export(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["export", str(run), "--epochs", "0,x"])
     assert exit_info.value.code == 2 and "argument --epochs: expected comma-separated int values" in capsys.readouterr().err
+
+
+def test_the_snapshot_carries_the_activations_page_as_the_dashboard_draws_it(twin_run, tmp_path):
+    from neuromapper.reduce import reduce
+    from neuromapper.views.activations_painter import UNIT_INDEX, ActivationsPainter
+    from neuromapper.views.state import SessionState
+
+    embedding = reduce(twin_run, method="pca", progress=None)
+    out = export_html(twin_run, tmp_path / "snap.html", embedding=embedding, progress=False)
+    text = out.read_text()
+    assert "<b>zero</b>" not in text  # hostile class names are JSON-escaped data, never markup
+    act = page_data(out)["activations"]
+    epochs = [int(e) for e in embedding["epoch"].values]
+    assert act["orders"][0] == "unit index" and len(act["orders"]) == 4  # index, median, difference, twin - benign
+    assert len(act["frames"]) == len(act["orders"]) * len(epochs) * len(act["layers"])
+    state = SessionState(twin_run, embedding=embedding)
+    painter = ActivationsPainter(state)
+    try:
+        assert set(act["legend"]) == {painter.label(group) for group in painter.groups}
+        state.epoch = epochs[-1]
+        painter.sort_by = UNIT_INDEX
+        rgba, axis, rows = painter.picture("fc1")
+        frame = act["frames"][f"unit index|{epochs[-1]}|fc1"]
+        assert frame["rows"] == list(rows)
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(frame["png"])))), rgba)
+        painter.sort_by = painter.groups[0]
+        name = act["orders"][1]
+        assert act["frames"][f"{name}|{epochs[-1]}|fc1"]["rows"] == list(painter.rows("fc1"))
+        twin = painter.pairs[0]
+        values = painter.values("fc1", f"twin:{twin}")
+        dots = np.frombuffer(base64.b64decode(frame["dots"][painter.twin_label(twin)]), dtype=np.uint8)
+        expected = np.round((np.clip(values, axis.lo, axis.hi) - axis.lo) / (axis.hi - axis.lo) * 254)
+        np.testing.assert_array_equal(dots, expected[np.arange(len(values))])
+        assert act["pair"][str(epochs[-1])].startswith(painter.twin_label(twin))
+    finally:
+        painter.dispose()
+        state.dispose()

@@ -260,3 +260,24 @@ def test_hover_shows_the_digit(page, offline, console_errors, small_run, tmp_pat
     digit = open_run(small_run)["image"].values[i, ..., 0]
     assert np.array_equal(np.array(pixels[1]).reshape(8, 8), digit)
     screenshot(page, "export-digits")
+
+
+def test_activations_section_follows_the_player_and_the_sort(page, offline, console_errors, twin_run, tmp_path):
+    embedding = pca_embedding(twin_run)
+    path = export_html(twin_run, tmp_path / "twins.html", embedding=embedding, progress=False)
+    open_snapshot(page, path)
+    bars = page.locator("canvas.nm-bars")
+    assert bars.count() == 4
+    first = [int(e) for e in embedding["epoch"].values][0]
+    page.wait_for_function("() => document.querySelector('canvas.nm-bars').dataset.drawn")
+    assert page.eval_on_selector("canvas.nm-bars", "c => c.dataset.drawn") == f"unit index|{first}|conv1"
+    before = page.eval_on_selector("canvas.nm-bars", "c => c.toDataURL()")
+    page.locator("#nm-next").click()
+    page.wait_for_function(f"() => document.querySelector('canvas.nm-bars').dataset.drawn !== 'unit index|{first}|conv1'")
+    assert page.eval_on_selector("canvas.nm-bars", "c => c.toDataURL()") != before
+    page.locator("#nm-act-order").select_option(index=1)
+    assert not page.eval_on_selector("canvas.nm-bars", "c => c.dataset.drawn").startswith("unit index")
+    # hostile names show literally: the class named "<b>zero</b>" makes no <b> element
+    legend = page.locator("#nm-act-legend").inner_text()
+    assert "<b>zero</b>" in legend or "<b>zero</b>" in page.locator("#nm-classes").inner_text()
+    assert page.locator("#nm-act-legend b").count() == 0
