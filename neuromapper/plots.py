@@ -53,9 +53,14 @@ def bars_source_data(rgba: np.ndarray, lo: float, hi: float) -> dict:
     return _image_source(rgba, lo, hi, -0.5, rgba.shape[0] - 0.5)
 
 
+def activation_height(rows: int) -> int:
+    """Height in pixels of a layer's bars with ``rows`` units (toolbar and axis included)."""
+    return int(np.clip(rows * 6 + 70, 240, 680))
+
+
 def activation_options(title: str, rows: int, lo: float, hi: float) -> dict:
     """A layer's bars: as wide as the page gives, a few pixels per unit, fixed ranges."""
-    return dict(title=title, responsive=True, height=int(np.clip(rows * 6 + 70, 240, 680)), min_width=200,
+    return dict(title=title, responsive=True, height=activation_height(rows), min_width=200,
                 xlim=(lo, hi), ylim=(-0.5, rows - 0.5),
                 framewise=False, tools=["tap"], default_tools=["pan", "wheel_zoom", "reset"], toolbar="above",
                 bgcolor="white", xlabel="activation", ylabel="unit", backend_opts=CANVAS)

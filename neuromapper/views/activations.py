@@ -30,7 +30,7 @@ from .activations_painter import NOTHING, UNIT_INDEX, ActivationsPainter
 from .state import SessionState
 from .widgets import text_multichoice
 
-MAX_LABELLED_ROWS = 48  # beyond this the unit axis labels every k-th row
+LABEL_PX = 13  # the unit axis labels every k-th row so that labels are at least this far apart
 
 
 class ActivationsView(pn.viewable.Viewer):
@@ -112,7 +112,8 @@ class ActivationsView(pn.viewable.Viewer):
         """Label the unit axis with unit numbers (row 0 at the top)."""
         from bokeh.models import FixedTicker
 
-        step = max(1, int(np.ceil(len(rows) / MAX_LABELLED_ROWS)))
+        drawn_px = plots.activation_height(len(rows)) - 70  # minus toolbar, title and axis
+        step = max(1, int(np.ceil(len(rows) * LABEL_PX / drawn_px)))
         top = len(rows) - 1
         ticks = list(range(0, len(rows), step))
         for axis in figure.yaxis:
@@ -183,7 +184,7 @@ class ActivationsView(pn.viewable.Viewer):
     def _ranking(self) -> pn.Column:
         """The most divergent probe samples and twins; a click focuses the sample everywhere."""
         table = pn.widgets.Tabulator(self._ranking_frame(), show_index=False, disabled=True, selectable=False,
-                                     sizing_mode="stretch_width", height=320, css_classes=["nm-ranking"],
+                                     sizing_mode="stretch_width", height=250, css_classes=["nm-ranking"],
                                      formatters={"image": {"type": "image", "height": "28px"}},
                                      hidden_columns=["id", "twin"], titles={"image": ""}, widths={"image": 40},
                                      layout="fit_data_fill")
