@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -150,3 +152,105 @@ def app_factory(path, apps: list):
         return app.template()
 
     return factory
+
+
+# -- `neuromapper serve` in a process of its own (tests/test_server_faults.py, benchmarks/bench_load.py) -------
+
+
+def start_serve(run, port: int, log, *args: str, prelude: str = "") -> subprocess.Popen:
+    """Start ``neuromapper serve RUN --port PORT --no-show [args]``; its stdout and stderr go to ``log``.
+
+    ``prelude`` is Python run in the server's process before the command (a test shortens Bokeh's
+    session lifetimes with it); the command itself is :func:`neuromapper.cli.main`, as the console
+    script runs it.
+    """
+    code = f"import sys\n{prelude}\nfrom neuromapper.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.Popen([sys.executable, "-c", code, "serve", str(run), "--port", str(port), "--no-show", *args],
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex((host, port)) == 0
+
+
+def refuse_other_hosts(target, netloc: str) -> list[str]:
+    """Route every request of ``target`` (a page or context): those not to ``netloc`` are refused and listed.
+
+    Returns the list the refused URLs are appended to, as they happen.
+    """
+    from urllib.parse import urlsplit
+
+    refused: list[str] = []
+
+    def handle(route):
+        url = route.request.url
+        if urlsplit(url).netloc == netloc or url.startswith(("data:", "blob:")):
+            route.continue_()
+        else:
+            refused.append(url)
+            route.abort()
+
+    target.route("**/*", handle)
+    return refused
+
+
+# -- the Activations page (tests/ui/test_activations.py, benchmarks/bench_activations.py) -------------
+
+
+def cli_app_factory(path, apps: list):
+    """:func:`app_factory` served the way ``neuromapper serve`` serves it.
+
+    The Activations page's ranking is a Tabulator, so the session loads the pages' Panel
+    extensions (``shell.EXTENSIONS``; without them the page logs "Tabulator is not defined"),
+    and, as the CLI does (``cli._served_locally``), points the session's stylesheets at this
+    server: once an extension is loaded, Panel otherwise links ``loading.css`` from its CDN.
+    """
+    from neuromapper.cli import _served_locally
+    from neuromapper.views.shell import EXTENSIONS, _local_resources
+
+    factory = app_factory(path, apps)
+
+    def session():
+        pn.extension(*EXTENSIONS)
+        _local_resources()  # as shell.serve_app does
+        return _served_locally(factory)
+
+    return session
+
+
+# JavaScript run in the page: one entry per Activations plot (a figure whose x axis is "activation"),
+# keyed by its title (the layer): a position-weighted checksum of its density bars, the labelled
+# y positions of its unit axis from the top down (``ticks``; row 0 is drawn at y = rows - 1) and
+# their labels, and its number of instance dots. The Embeddings page's plots have the same titles,
+# so IMAGE_CHECKSUMS cannot tell the two pages apart.
+ACTIVATION_PLOTS = """
+() => {
+  const out = {};
+  const doc = window.Bokeh && Bokeh.documents[0];
+  if (!doc) return out;
+  for (const m of doc.all_models) {
+    if (m.type !== "Figure" || !m.title || !m.below || !m.below.length || m.below[0].axis_label !== "activation") continue;
+    const entry = {checksum: null, ticks: [], labels: [], dots: null};
+    for (const r of m.renderers) {
+      const data = r.data_source && r.data_source.data;
+      if (!r.glyph || !data) continue;
+      if (r.glyph.type === "ImageRGBA" && data.image && data.image.length) {
+        const img = data.image[0];
+        const flat = img.length !== undefined && typeof img[0] === "number" ? img : img.flat ? img.flat() : img;
+        let sum = 0;
+        for (let i = 0; i < flat.length; i++) sum = (sum + (flat[i] >>> 0) * ((i % 9973) + 1)) % 2147483647;
+        entry.checksum = sum;
+      }
+      if (r.glyph.type === "Scatter" && data.x) entry.dots = data.x.length;
+    }
+    const overrides = m.left[0].major_label_overrides;
+    const pairs = overrides instanceof Map ? [...overrides.entries()] : Object.entries(overrides);
+    pairs.sort((a, b) => Number(b[0]) - Number(a[0]));
+    entry.ticks = pairs.map((p) => Number(p[0]));
+    entry.labels = pairs.map((p) => p[1]);
+    out[m.title.text] = entry;
+  }
+  return out;
+}
+"""
