@@ -12,9 +12,11 @@ outlying unit (common in transformers) would otherwise squash every other bar in
 Values outside the axis count in its edge bins.
 
 **Densities.** :func:`densities` counts each unit's values into ``bins`` equal bins with one
-``np.bincount`` over ``unit * bins + bin`` instead of a ``np.histogram`` per unit: at 512 units
-by 10,000 samples that is about 30 ms instead of about 0.6 s (``benchmarks/bench_activations.py``
-prints both). The result equals ``np.histogram`` per unit (``tests/test_distributions.py``).
+``np.bincount`` over ``unit * bins + bin``, for all units at once. It equals ``np.histogram`` per
+unit (``tests/test_distributions.py``) and is about as fast: 61 ms against 76 ms at 512 units by
+10,000 samples on a quiet spell of this VM, and no faster under load
+(``benchmarks/RESULTS-activations.md``); it is kept because it needs no loop over units and
+treats out-of-axis values (edge bins) and NaN (not counted) in one place.
 
 **Divergence score** (:func:`divergence`). How far a sample's activations at a layer lie from the
 distribution of the class the model *predicts* for it, NeuralDivergence's "cat classified as a

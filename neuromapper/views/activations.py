@@ -80,14 +80,18 @@ class ActivationsView(pn.viewable.Viewer):
         source = plot.handles.get("source")
         if source is not None:
             self._sources.setdefault((layer, kind), {})[id(source)] = source
+            # the plot may be shown long after it was built (the tab opened later): draw the state now
+            rgba, axis, rows = self.painter.picture(layer)
+            source.data = (plots.bars_source_data(rgba, axis.lo, axis.hi) if kind == "image"
+                           else self.painter.dots(layer, rows, axis))
         if kind == "image":
             self._figures.setdefault(layer, {})[id(plot.state)] = plot.state
             self._label_units(plot.state, self.painter.rows(layer))
 
-    def _push(self, *_) -> None:
+    def _push(self, *events) -> None:
         """Draw every shown layer for the new state and update the pictures in one document patch."""
-        if self.state.epoch not in self.state.run.epochs:
-            return
+        if self.state.epoch not in self.state.run.epochs or not self._sources:
+            return  # nothing shown yet: the plots draw the state when they are first shown (_keep)
         pictures = {}
         for layer in self.painter.layers:
             rgba, axis, rows = self.painter.picture(layer)
@@ -100,7 +104,8 @@ class ActivationsView(pn.viewable.Viewer):
                     source.data = dots
                 for figure in self._figures.get(layer, {}).values():
                     self._label_units(figure, rows)
-        self.painter.prefetch(self._next_epoch())
+        if any(event.name == "epoch" for event in events):
+            self.painter.prefetch(self._next_epoch())
 
     def _next_epoch(self) -> int | None:
         epochs = list(self.state.param.epoch.objects)
@@ -117,7 +122,10 @@ class ActivationsView(pn.viewable.Viewer):
         top = len(rows) - 1
         ticks = list(range(0, len(rows), step))
         for axis in figure.yaxis:
-            axis.ticker = FixedTicker(ticks=[top - i for i in ticks])
+            if isinstance(axis.ticker, FixedTicker):  # a new ticker model makes Bokeh re-walk the document
+                axis.ticker.ticks = [top - i for i in ticks]
+            else:
+                axis.ticker = FixedTicker(ticks=[top - i for i in ticks])
             axis.major_label_overrides = {top - i: str(int(rows[i])) for i in ticks}
 
     def _on_tap(self, layer: str, x=None, y=None, **_) -> None:
@@ -173,7 +181,7 @@ class ActivationsView(pn.viewable.Viewer):
         def options():
             return {(key if key == plain else painter.label(key)): key for key in parameter.objects}
 
-        widget = pn.widgets.Select(name=label, options=options(), value=getattr(painter, parameter.name),
+        widget = pn.widgets.Select(label=label, options=options(), value=getattr(painter, parameter.name),
                                    sizing_mode="stretch_width")
         widget.param.watch(lambda event: setattr(painter, parameter.name, event.new), "value")
         painter.param.watch(lambda *_: widget.param.update(options=options(), value=getattr(painter, parameter.name)),

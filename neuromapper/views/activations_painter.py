@@ -311,10 +311,17 @@ class ActivationsPainter(param.Parameterized):
         return cached
 
     def probe_scores(self, layer: str) -> np.ndarray:
-        """Divergence of every probe sample at ``layer`` from its predicted class (current epoch)."""
-        run = self.run
-        return distributions.divergence(run.activations(layer, self.epoch), run.predictions[self._epoch_index()],
-                                        self.profiles(layer))
+        """Divergence of every probe sample at ``layer`` from its predicted class (current epoch), cached."""
+        key = ("scores", layer, self.epoch)
+        with self._lock:
+            cached = self._profiles.get(key)
+        if cached is None:
+            run = self.run
+            cached = distributions.divergence(run.activations(layer, self.epoch), run.predictions[self._epoch_index()],
+                                              self.profiles(layer))
+            with self._lock:
+                self._profiles[key] = cached
+        return cached
 
     def twin_scores(self, layer: str) -> np.ndarray:
         """Divergence of every twin at ``layer`` from its predicted class; NaN where not recorded."""
@@ -419,7 +426,7 @@ class ActivationsPainter(param.Parameterized):
             label = int(run.twins.at[t, "label"])
             truth = f"true: {html.escape(run.class_names[label])}" if label >= 0 else "no label"
             cards.append(f"<div class='nm-pair' style='display:inline-block;margin:0 12px 6px 0;font-size:12px'>"
-                         f"<div>{truth} · {verdict}</div><div style='display:flex;gap:6px'>{''.join(parts)}</div></div>")
+                         f"<div>{' · '.join(part for part in (truth, verdict) if part)}</div><div style='display:flex;gap:6px'>{''.join(parts)}</div></div>")
         return "<div class='nm-pairs'>" + "".join(cards) + "</div>"
 
     def _probe_png(self, row: int) -> bytes | None:

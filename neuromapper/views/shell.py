@@ -90,8 +90,14 @@ class App(pn.viewable.Viewer):
         self.views = {name: view(self.state) for name, view in PAGES.items()}
         self._tabs = pn.Tabs(*[(name, view) for name, view in self.views.items()], dynamic=True,
                              sizing_mode="stretch_width")
-        page_controls = pn.panel(pn.bind(lambda active: list(self.views.values())[active].controls(),
-                                         self._tabs.param.active), sizing_mode="stretch_width")
+        controls = {}  # built once per page: each build adds watchers to the page's painter
+
+        def page_controls_of(active: int):
+            if active not in controls:
+                controls[active] = list(self.views.values())[active].controls()
+            return controls[active]
+
+        page_controls = pn.panel(pn.bind(page_controls_of, self._tabs.param.active), sizing_mode="stretch_width")
         self._sidebar.objects = [*self._shared_controls(), pn.layout.Divider(), page_controls]
         self._main.objects = [self._tabs]
 

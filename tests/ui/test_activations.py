@@ -27,13 +27,7 @@ from .conftest import (
     wait_until,
 )
 
-pytestmark = [
-    pytest.mark.browser,
-    # ActivationsView._item_select builds its Selects with pn.widgets.Select(name=...), which Panel 1.9
-    # deprecates for label=; as an error (pyproject's filterwarnings) it stops the page's sidebar controls
-    # from being built at all. Remove this once neuromapper/views/activations.py passes label=.
-    pytest.mark.filterwarnings("ignore:Widget.name is deprecated:PendingDeprecationWarning"),
-]
+pytestmark = [pytest.mark.browser]
 
 LAYERS = ["conv1", "conv2", "fc1", "fc2"]
 
@@ -236,11 +230,6 @@ def test_a_selection_on_the_embeddings_page_is_a_group_here(page, console_errors
     screenshot(page, "activations-selection")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "The page's first render shows the pictures built when the session started: ActivationsView builds each "
-    "layer's hv.RGB/hv.Points in __init__ (_layout -> _layer_panel), and _push finds no Bokeh source to update "
-    "until the Activations tab is first shown (pn.Tabs(dynamic=True)), so an epoch step or a selection made "
-    "before the first visit is missing from the bars (the legend and the unit labels do follow)."))
 def test_the_bars_are_current_when_the_page_is_first_opened(page, console_errors, activations):
     url, apps = activations
     open_dashboard(page, url)
