@@ -206,12 +206,9 @@ CHECK_UNUSED_SESSIONS_S = 5.0
 
 def _served_locally(make_app, *args):
     """``make_app(*args)`` for the current session, its stylesheets pointed at this server, not Panel's CDN."""
-    import panel as pn
-    from panel.io.resources import get_dist_path
+    from .views.shell import local_resources
 
-    doc = pn.state.curdoc
-    if doc is not None:
-        doc._template_variables.setdefault("dist_url", get_dist_path(cdn=False))
+    local_resources()
     return make_app(*args)
 
 

@@ -237,7 +237,7 @@ def _session_dispatch():
     return dispatch
 
 
-def _local_resources() -> None:
+def local_resources() -> None:
     """Make the session's stylesheets point at this server, never at Panel's CDN.
 
     Panel rewrites each component's stylesheet links for the document's ``dist_url``, which it
@@ -245,20 +245,20 @@ def _local_resources() -> None:
     component built before that (every one of them, at session creation) gets the CDN address,
     and some keep it: ``loading.css`` was requested from cdn.holoviz.org after a player step
     with one session open, and several stylesheets once sessions were recreated under load
-    (issue 12, finding 12). Setting the local address up front, as Panel itself later does for
-    a server in ``server`` resource mode, keeps every link on this server.
+    (issue 12, finding 12; a session Bokeh builds for a late websocket never gets it at all).
+    Setting the local address up front, as Panel itself later does for a server in ``server``
+    resource mode, keeps every link on this server.
     """
-    from panel.io.resources import LOCAL_DIST
+    from panel.io.resources import get_dist_path
 
     doc = pn.state.curdoc
     if doc is not None:
-        rel = pn.state.rel_path
-        doc._template_variables.setdefault("dist_url", f"{rel}/{LOCAL_DIST}" if rel else LOCAL_DIST)
+        doc._template_variables.setdefault("dist_url", get_dist_path(cdn=False))
 
 
 def serve_app(path: str | Path) -> pn.template.BootstrapTemplate:
     """A fresh App for the current browser session, released when the session closes."""
-    _local_resources()
+    local_resources()
     app = App(path, dispatch=_session_dispatch())
     pn.state.on_session_destroyed(lambda _context: app.dispose())
     return app.template()
