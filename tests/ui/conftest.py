@@ -207,13 +207,12 @@ def cli_app_factory(path, apps: list):
     server: once an extension is loaded, Panel otherwise links ``loading.css`` from its CDN.
     """
     from neuromapper.cli import _served_locally
-    from neuromapper.views.shell import EXTENSIONS, _local_resources
+    from neuromapper.views.shell import EXTENSIONS
 
     factory = app_factory(path, apps)
 
     def session():
         pn.extension(*EXTENSIONS)
-        _local_resources()  # as shell.serve_app does
         return _served_locally(factory)
 
     return session
