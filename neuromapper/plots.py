@@ -188,3 +188,78 @@ def thumbnail_png(image: np.ndarray, scale: int = 4) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# -- the Training page ---------------------------------------------------------------------------------
+BOUNDARY_LINE = "#222222"
+
+
+def diverging_colors() -> list[str]:
+    """colorcet's CET_D1 (blue - white - red, perceptually even): weights below, at and above zero."""
+    import colorcet
+
+    return list(colorcet.palette["CET_D1"])
+
+
+def weight_grid(grid: np.ndarray, limit: float, title: str) -> hv.Image:
+    """Tiled weights (NaN between tiles) on a diverging map fixed at ``-limit..limit``, with a colour bar.
+
+    ``grid`` row 0 is the top; it covers ``0..width`` by ``0..height``, one unit per weight.
+    """
+    height, width = grid.shape
+    return hv.Image(grid, bounds=(0, 0, width, height), kdims=["x", "y"], vdims=["weight"]).opts(
+        cmap=diverging_colors(), clim=(-limit, limit), colorbar=True, clipping_colors={"NaN": (0, 0, 0, 0)},
+        **_tile_options(title, width, height))
+
+
+def weight_grid_rgb(rgba: np.ndarray, title: str) -> hv.RGB:
+    """Tiled 3-channel kernels as colours (grey = 0, each channel's ±limit = none or full)."""
+    height, width = rgba.shape[:2]
+    return hv.RGB(rgba, bounds=(0, 0, width, height), kdims=["x", "y"]).opts(**_tile_options(title, width, height))
+
+
+def _tile_options(title: str, width: int, height: int) -> dict:
+    return dict(title=title, responsive=True, aspect=width / height, min_height=160, max_height=560,
+                tools=["tap", "hover"], default_tools=[], toolbar=None, xaxis=None, yaxis=None,
+                bgcolor="white", framewise=False, backend_opts=CANVAS)
+
+
+def grid_source_data(grid: np.ndarray) -> dict:
+    """The Bokeh source data of :func:`weight_grid` (or :func:`weight_grid_rgb` for RGBA ``grid``)."""
+    height, width = grid.shape[:2]
+    if grid.ndim == 3:
+        return _image_source(grid, 0, width, 0, height)
+    return {"image": [np.ascontiguousarray(grid[::-1])], "x": [0], "y": [0], "dw": [width], "dh": [height]}
+
+
+def probability_image(rgba: np.ndarray, x_range, y_range, title: str) -> hv.RGB:
+    """The decision boundary's class-probability picture over the input grid (axes in input units)."""
+    (x0, x1), (y0, y1) = x_range, y_range
+    return hv.RGB(rgba, bounds=(x0, y0, x1, y1), kdims=["input 0", "input 1"]).opts(
+        title=title, responsive=True, aspect=(x1 - x0) / (y1 - y0) if y1 > y0 else 1, min_height=200,
+        max_height=560, xlim=(x0, x1), ylim=(y0, y1), framewise=False, default_tools=["pan", "wheel_zoom", "reset"],
+        toolbar="above", bgcolor="white", backend_opts=CANVAS)
+
+
+def contour_path(lines: list[np.ndarray]) -> hv.Path:
+    """Contour lines (``(n, 2)`` arrays) as one dark path: the 0.5 probability line."""
+    return hv.Path(lines or [], kdims=["input 0", "input 1"]).opts(color=BOUNDARY_LINE, line_width=2.5)
+
+
+def path_source_data(lines: list[np.ndarray]) -> dict:
+    """The Bokeh source data of :func:`contour_path` (for pushing new lines)."""
+    return {"xs": [line[:, 0] for line in lines], "ys": [line[:, 1] for line in lines]}
+
+
+def class_points(points: dict) -> hv.Points:
+    """Probe points coloured by class; ``points`` has x, y, color and class (plain text, escaped by Bokeh)."""
+    return hv.Points(points, kdims=["input 0", "input 1"], vdims=["color", "class"]).opts(
+        color="color", size=4, line_color="white", line_width=0.4, tools=["hover"],
+        hover_tooltips=[("class", "@{class}")])
+
+
+def exploration_options(title: str, x_range, y_range) -> dict:
+    """An exploratory plot: square, as wide as the page gives, fixed axes so epochs can be compared."""
+    return dict(title=title, responsive=True, aspect=1, min_height=200, max_height=620, xlim=tuple(x_range),
+                ylim=tuple(y_range), framewise=False, default_tools=["pan", "wheel_zoom", "reset"], toolbar="above",
+                xaxis=None, yaxis=None, bgcolor="white", backend_opts=CANVAS)

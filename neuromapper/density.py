@@ -1,0 +1,107 @@
+"""Densities and contour lines of points and probability grids (pure numpy; no Panel, no HoloViews).
+
+The Training page draws three things with them: the decision boundary (the 0.5 contour of a class
+probability over the recorded input grid), and, for the exploratory plots, a shaded density of
+all points (datashader's ``eq_hist``) and per-class density contours (each class's smoothed point
+count, contoured at the levels that enclose a share of that class's points). Contours are traced
+by contourpy, the tracer HoloViews' ``contours`` operation uses, called directly so that a player
+step gets plain ``(n, 2)`` arrays to draw into the picture or push to Bokeh without building a
+HoloViews element.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import raster
+
+MASS_LEVELS = (0.5, 0.9)  # class contours enclose the densest 50% and 90% of each class's points
+SMOOTHING_PX = 6.0  # Gaussian smoothing of the class counts, in raster pixels
+
+
+def contour_lines(z: np.ndarray, xs: np.ndarray, ys: np.ndarray, level: float) -> list[np.ndarray]:
+    """The lines where ``z`` (rows along ``ys``, columns along ``xs``) crosses ``level``, as ``(n, 2)`` x, y arrays."""
+    import contourpy
+
+    z = np.asarray(z, dtype=np.float64)
+    if not np.isfinite(z).any() or not (np.nanmin(z) <= level <= np.nanmax(z)):
+        return []
+    generator = contourpy.contour_generator(np.asarray(xs, float), np.asarray(ys, float), z,
+                                            line_type=contourpy.LineType.Separate)
+    return [line for line in generator.lines(level) if len(line) >= 2]
+
+
+def segments(lines: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The straight pieces of ``lines`` as ``(start, end)`` arrays for :func:`raster.draw_segments`."""
+    if not lines:
+        empty = np.zeros((0, 2))
+        return empty, empty
+    return np.concatenate([line[:-1] for line in lines]), np.concatenate([line[1:] for line in lines])
+
+
+def pixel_centres(frame: raster.Frame) -> tuple[np.ndarray, np.ndarray]:
+    """Data coordinates of the pixel centres of ``frame``: x left to right, y bottom to top."""
+    (x0, x1), (y0, y1) = frame.x_range, frame.y_range
+    xs = x0 + (np.arange(frame.width) + 0.5) * (x1 - x0) / frame.width
+    ys = y0 + (np.arange(frame.height) + 0.5) * (y1 - y0) / frame.height
+    return xs, ys
+
+
+def class_counts(xy: np.ndarray, codes: np.ndarray, n_classes: int, frame: raster.Frame) -> np.ndarray:
+    """Points per pixel and class, ``(n_classes, height, width)`` float, row 0 at the *bottom* (as ``ys``)."""
+    counts = raster.count_categorical(np.ascontiguousarray(xy[:, 0], np.float64),
+                                      np.ascontiguousarray(xy[:, 1], np.float64),
+                                      np.asarray(codes, np.int64), n_classes, frame)
+    return np.moveaxis(counts[::-1], -1, 0).astype(np.float64)
+
+
+def smooth(counts: np.ndarray, sigma_px: float = SMOOTHING_PX) -> np.ndarray:
+    """Each class's counts blurred by a Gaussian of ``sigma_px`` pixels (a kernel density estimate on the grid)."""
+    from scipy.ndimage import gaussian_filter
+
+    return np.stack([gaussian_filter(c, sigma_px, mode="constant") for c in counts]) if len(counts) else counts
+
+
+def mass_levels(density: np.ndarray, fractions=MASS_LEVELS) -> list[float]:
+    """Density values whose upper level sets hold ``fractions`` of the total mass (highest-density regions).
+
+    The level for 0.5 is the density above which half of the class's (smoothed) points lie: its
+    contour outlines where the class is concentrated, whatever the number of points.
+    """
+    values = np.sort(density.ravel())[::-1]
+    total = values.sum()
+    if total <= 0:
+        return []
+    cumulative = np.cumsum(values) / total
+    return [float(values[min(np.searchsorted(cumulative, f), len(values) - 1)]) for f in fractions]
+
+
+def class_contours(xy: np.ndarray, codes: np.ndarray, n_classes: int, frame: raster.Frame,
+                   fractions=MASS_LEVELS, sigma_px: float = SMOOTHING_PX) -> dict[int, list[list[np.ndarray]]]:
+    """Per class (code), its density contour lines at each of ``fractions`` of its points.
+
+    Classes with fewer than three points in the frame get no contour.
+    """
+    counts = class_counts(xy, codes, n_classes, frame)
+    densities = smooth(counts, sigma_px)
+    xs, ys = pixel_centres(frame)
+    out = {}
+    for c in range(n_classes):
+        if counts[c].sum() < 3:
+            continue
+        out[c] = [contour_lines(densities[c], xs, ys, level) for level in mass_levels(densities[c], fractions)]
+    return out
+
+
+def shade_eq_hist(total: np.ndarray, cmap, min_alpha: int = 60) -> np.ndarray:
+    """An ``(height, width)`` count image (row 0 at the top) as RGBA uint8, datashader's ``eq_hist`` shading."""
+    import datashader.transfer_functions as tf
+    import xarray as xr
+
+    height, width = total.shape
+    if not np.any(total):
+        return np.zeros((height, width, 4), np.uint8)
+    # shading is per pixel (the histogram is global), so rows keep their order
+    agg = xr.DataArray(total.astype(np.uint32), dims=["y", "x"], coords={"y": np.arange(height), "x": np.arange(width)})
+    packed = np.ascontiguousarray(tf.shade(agg, cmap=cmap, how="eq_hist", min_alpha=min_alpha).values)
+    return packed.view(np.uint8).reshape(height, width, 4)
