@@ -263,3 +263,63 @@ def exploration_options(title: str, x_range, y_range) -> dict:
     return dict(title=title, responsive=True, aspect=1, min_height=200, max_height=620, xlim=tuple(x_range),
                 ylim=tuple(y_range), framewise=False, default_tools=["pan", "wheel_zoom", "reset"], toolbar="above",
                 xaxis=None, yaxis=None, bgcolor="white", backend_opts=CANVAS)
+
+
+# -- the Model page ------------------------------------------------------------------------------------------
+# Inputs are plain columns made by views/model_painter.py; names in them are data, drawn as canvas
+# text or tooltip fields (Bokeh escapes tooltip fields), never as markup.
+CONFUSION_HOVER = [("", "@true → @predicted"), ("samples", "@count of @total (@share{0.0%})")]
+
+
+def chord_diagram(arcs: list[dict], ribbons: list[dict], labels: dict, size: int = 460) -> hv.Overlay:
+    """Class arcs, error ribbons (true → predicted) and class names on a radius-1 circle.
+
+    ``arcs``: dicts with x, y (closed outline), name, accuracy, color; ``ribbons``: x, y, true,
+    predicted, count, total, share, color; ``labels``: columns x, y, text.
+    """
+    arc_vdims = ["name", "accuracy", "color"]
+    ribbon_vdims = ["true", "predicted", "count", "total", "share", "color"]
+    if not ribbons:  # HoloViews cannot colour an empty Polygons by a column: an invisible one stands in
+        ribbons = [{"x": [np.nan], "y": [np.nan], "true": "", "predicted": "", "count": 0, "total": 0,
+                    "share": 0.0, "color": "#ffffff"}]
+    arc_shapes = hv.Polygons(arcs, vdims=arc_vdims).opts(
+        color="color", line_width=0, tools=["hover"], hover_tooltips=[("class", "@name"), ("correct", "@accuracy{0.0%}")])
+    ribbon_shapes = hv.Polygons(ribbons, vdims=ribbon_vdims).opts(
+        color="color", alpha=0.6, line_color="white", line_width=0.5, hover_alpha=0.95,
+        nonselection_alpha=0.6, selection_alpha=0.6, tools=["hover"], hover_tooltips=CONFUSION_HOVER)
+    names = hv.Labels(labels, kdims=["x", "y"], vdims=["text"]).opts(text_font_size="10pt", text_color="#333")
+    limit = 1.55
+    return (arc_shapes * ribbon_shapes * names).opts(
+        width=size, height=size, xlim=(-limit, limit), ylim=(-limit, limit), xaxis=None, yaxis=None,
+        tools=["tap"], default_tools=["reset"], toolbar="above", show_frame=False, bgcolor="white",
+        title="misclassifications: true → predicted (share of the true class)", backend_opts=CANVAS)
+
+
+def confusion_bars(rects: dict, ticks: list[tuple[int, str]], height: int = 300) -> hv.Rectangles:
+    """Per true class, a bar of its probe samples: correct at the bottom, each wrong prediction stacked.
+
+    ``rects``: columns x0, y0, x1, y1, true, predicted, count, total, share, color; ``ticks``: (x, class name).
+    """
+    return hv.Rectangles(rects, kdims=["x0", "y0", "x1", "y1"],
+                         vdims=["true", "predicted", "count", "total", "share", "color"]).opts(
+        color="color", line_color="white", line_width=0.5, nonselection_alpha=1, selection_alpha=1,
+        tools=["hover", "tap"], hover_tooltips=CONFUSION_HOVER, default_tools=["reset"], toolbar="above",
+        responsive=True, height=height, min_width=300, xticks=ticks, xrotation=45 if len(ticks) > 10 else 0,
+        xlabel="true class", ylabel="probe samples", show_grid=True, bgcolor="white", framewise=True,
+        title="per true class: correct, then each wrong prediction (coloured by predicted class)",
+        backend_opts=CANVAS)
+
+
+def confusion_heatmap(rects: dict, xticks: list[tuple[int, str]], yticks: list[tuple[int, str]],
+                      size: int = 520) -> hv.Rectangles:
+    """One cell per (true, predicted) pair coloured by the share of the true class (errors only; the
+    diagonal is grey). ``rects`` as in :func:`confusion_bars` with a ``level`` column (NaN on the diagonal)."""
+    n = max(len(xticks), 1)
+    return hv.Rectangles(rects, kdims=["x0", "y0", "x1", "y1"],
+                         vdims=["level", "true", "predicted", "count", "total", "share"]).opts(
+        color="level", cmap="Reds", clipping_colors={"NaN": "#e8e8e8"}, colorbar=True, line_width=0,
+        nonselection_alpha=1, selection_alpha=1, tools=["hover", "tap"], hover_tooltips=CONFUSION_HOVER,
+        default_tools=["reset", "wheel_zoom", "pan"], toolbar="above", width=size + 80, height=size,
+        xlim=(-0.5, n - 0.5), ylim=(-0.5, n - 0.5), xticks=xticks, yticks=yticks, xrotation=90,
+        xlabel="predicted", ylabel="true", bgcolor="white", framewise=True, clabel="share of the true class",
+        title="confusion (share of the true class predicted as each class)", backend_opts=CANVAS)
