@@ -25,13 +25,14 @@ from panel.io import with_lock
 from ..scene import class_palette
 from .activations import ActivationsView
 from .embedding import EmbeddingView
+from .model import ModelView
 from .run import RunFacts, find_runs
 from .state import SessionState
 from .widgets import text_multichoice
 
 EXTENSIONS = ("tabulator",)  # Panel extensions the pages use: pn.extension(*EXTENSIONS) before serving
 MANY_CLASSES = 20  # beyond this the class toggles become a searchable multi-select
-PAGES = {"Embeddings": EmbeddingView, "Activations": ActivationsView}
+PAGES = {"Embeddings": EmbeddingView, "Activations": ActivationsView, "Model": ModelView}
 
 
 class EpochPlayer(pn.widgets.DiscretePlayer):

@@ -1,0 +1,209 @@
+"""The Model page's pictures from the session state: plain Python, testable without Panel.
+
+:class:`ModelPainter` turns the shared :class:`~neuromapper.views.state.SessionState` (run,
+epoch, visible classes, focused sample) into what the Model page draws: the probe's confusion at
+the player's epoch as a chord diagram (or a heatmap past ``MANY_CLASSES`` classes) and stacked
+per-class bars, whose clicks select the samples of one ``(true, predicted)`` pair; and, for the
+focused sample, its feature maps per layer as one image grid each and the kernels feeding a
+clicked channel. The Viewer in :mod:`neuromapper.views.model` wires widgets and Bokeh sources
+to it; the geometry is :mod:`neuromapper.confusion`'s.
+
+Design:
+
+* **Clicks are positions.** Each chart's click arrives as a data position (a ``Tap``), and the
+  painter finds the shape under it (:meth:`select_at`). A position means the same thing at every
+  epoch, unlike Bokeh's selected glyph indices, which name whichever ribbon had that index when
+  the picture was pushed; and a unit test drives exactly the path a browser click takes.
+* **One image per layer** for feature maps: a grid of every channel's map composed in numpy (one
+  ``hv.RGB``), not one plot per channel; a click at ``(x, y)`` in it is a channel.
+"""
+
+from __future__ import annotations
+
+import html
+from functools import cached_property
+
+import numpy as np
+import param
+
+from .. import confusion
+from ..scene import class_palette
+from .state import SessionState
+
+CHORD = "chord"
+HEATMAP = "heatmap"
+BARS = "bars"
+MAPS = "maps"
+LABEL_CHARS = 14  # class names on the chord and the axes are cut to this length (hover shows them whole)
+MAP_TILE_PX = 4  # feature maps are drawn at least this many screen pixels per map pixel
+GAP_COLOR = np.array([255, 255, 255, 255], dtype=np.uint8)
+
+
+def many_classes() -> int:
+    """The class count above which the shell lists classes in a search box, and this page draws a heatmap."""
+    from .shell import MANY_CLASSES  # the shell imports the pages: read its constant when used, not at import
+
+    return MANY_CLASSES
+
+
+def short(name: str, limit: int = LABEL_CHARS) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+class ModelPainter(param.Parameterized):
+    """The Model page's options and pictures (see the module docstring)."""
+
+    map_scale = param.Selector(default="shared", objects=["shared", "per channel"],
+                               doc="Feature map colours: one scale per layer, or each channel its own.")
+    channel = param.Tuple(default=None, allow_None=True, length=2,
+                          doc="(layer, channel) whose feeding kernels are shown.")
+
+    def __init__(self, state: SessionState, **params):
+        super().__init__(**params)
+        self.state = state
+        self._matrices: dict[tuple[int, int], np.ndarray] = {}
+        self._picked: tuple[int, int, int, int] | None = None  # (true, predicted, epoch, selection_version)
+        state.param.watch(self._run_changed, ["run"])
+
+    @property
+    def run(self):
+        return self.state.run
+
+    def _run_changed(self, *_) -> None:
+        self._matrices.clear()
+        for name in ("palette", "class_index"):
+            self.__dict__.pop(name, None)
+        self._picked = None
+        self.channel = None
+
+    @cached_property
+    def palette(self) -> list[str]:
+        """One colour per class index, the scene's palette (so colours match every page)."""
+        return list(class_palette(self.run.class_names).values())
+
+    @cached_property
+    def class_index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.run.class_names)}
+
+    # -- confusion at the current epoch ----------------------------------------------------------------
+    @property
+    def epoch_index(self) -> int:
+        return self.run.epochs.index(int(self.state.epoch))
+
+    def predictions(self) -> np.ndarray:
+        return self.run.predictions[self.epoch_index]
+
+    def matrix(self) -> np.ndarray:
+        """Counts ``(true, predicted)`` of the probe at the current epoch (every class)."""
+        key = (id(self.run), self.epoch_index)
+        if key not in self._matrices:
+            self._matrices[key] = confusion.confusion_matrix(self.run.labels, self.predictions(),
+                                                             len(self.run.class_names))
+        return self._matrices[key]
+
+    def visible(self) -> list[int]:
+        """Indices of the visible classes, in class order."""
+        return sorted(self.class_index[c] for c in self.state.classes if c in self.class_index)
+
+    @property
+    def kind(self) -> str:
+        """The chart of errors: a chord diagram, or a heatmap past ``MANY_CLASSES`` classes."""
+        return HEATMAP if len(self.run.class_names) > many_classes() else CHORD
+
+    def chord(self) -> confusion.Chord:
+        return confusion.chord(confusion.row_fractions(self.matrix()), self.visible())
+
+    def chord_data(self) -> tuple[list[dict], list[dict], dict]:
+        """``(arcs, ribbons, labels)`` of :func:`plots.chord_diagram` at the current epoch."""
+        matrix, names = self.matrix(), self.run.class_names
+        totals = matrix.sum(axis=1)
+        shape = self.chord()
+        arcs = [{"x": a[:, 0], "y": a[:, 1], "name": names[c], "color": self.palette[c],
+                 "accuracy": matrix[c, c] / totals[c] if totals[c] else np.nan}
+                for c, a in zip(shape.classes, shape.arcs)]
+        ribbons = [{"x": r[:, 0], "y": r[:, 1], **self._pair_columns(t, p), "color": self.palette[t]}
+                   for (t, p), r in zip(shape.pairs, shape.ribbons)]
+        labels = {"x": shape.centers[:, 0], "y": shape.centers[:, 1],
+                  "text": [short(names[c]) for c in shape.classes]}
+        return arcs, ribbons, labels
+
+    def _pair_columns(self, true: int, predicted: int) -> dict:
+        matrix, names = self.matrix(), self.run.class_names
+        total = int(matrix[true].sum())
+        count = int(matrix[true, predicted])
+        return {"true": names[true], "predicted": names[predicted], "count": count, "total": total,
+                "share": count / total if total else 0.0}
+
+    def bars(self) -> confusion.Rects:
+        return confusion.stacked_bars(self.matrix(), self.visible())
+
+    def heatmap(self) -> confusion.Rects:
+        return confusion.heatmap_cells(self.matrix(), self.visible())
+
+    def rect_data(self, rects: confusion.Rects) -> dict:
+        """Columns of :func:`plots.confusion_bars` / :func:`plots.confusion_heatmap` for ``rects``."""
+        names = self.run.class_names
+        totals = self.matrix().sum(axis=1)
+        total = totals[rects.true] if len(rects.true) else np.zeros(0, dtype=np.int64)
+        share = np.divide(rects.count, total, out=np.zeros(len(total)), where=total > 0)
+        return {"x0": rects.x0, "y0": rects.y0, "x1": rects.x1, "y1": rects.y1,
+                "true": [names[t] for t in rects.true], "predicted": [names[p] for p in rects.predicted],
+                "count": rects.count, "total": total, "share": share,
+                "color": [self.palette[p] for p in rects.predicted],
+                "level": np.where(rects.true == rects.predicted, np.nan, share)}
+
+    def ticks(self, reverse: bool = False) -> list[tuple[int, str]]:
+        """Axis ticks naming the visible classes at positions 0, 1... (the first at the top if ``reverse``)."""
+        visible = self.visible()
+        n = len(visible)
+        return [((n - 1 - i) if reverse else i, short(self.run.class_names[c])) for i, c in enumerate(visible)]
+
+    # -- clicks ------------------------------------------------------------------------------------------
+    def pair_at(self, kind: str, x: float | None, y: float | None) -> tuple[int, int] | None:
+        """The ``(true, predicted)`` pair drawn at ``(x, y)`` in chart ``kind`` at the current epoch."""
+        if x is None or y is None:
+            return None
+        if kind == CHORD:
+            return self.chord().pair_at(x, y)
+        if kind == HEATMAP:
+            return self.heatmap().pair_at(x, y)
+        if kind == BARS:
+            return self.bars().pair_at(x, y)
+        raise ValueError(f"kind: expected {CHORD!r}, {HEATMAP!r} or {BARS!r}, got {kind!r}")
+
+    def pair_samples(self, true: int, predicted: int) -> np.ndarray:
+        """Ids of the probe samples of class ``true`` predicted as ``predicted`` at the current epoch."""
+        return confusion.pair_samples(self.run.samples, self.run.labels, self.predictions(), true, predicted)
+
+    def select_at(self, kind: str, x: float | None, y: float | None) -> tuple[int, int] | None:
+        """Select (in the shared state) the samples of the pair under a click; nothing happens off the shapes."""
+        pair = self.pair_at(kind, x, y)
+        if pair is not None:
+            self.select_pair(*pair)
+        return pair
+
+    def select_pair(self, true: int, predicted: int) -> None:
+        self.state.select(self.pair_samples(true, predicted))
+        self._picked = (int(true), int(predicted), int(self.state.epoch), self.state.selection_version)
+
+    # -- words -------------------------------------------------------------------------------------------
+    def summary_html(self) -> str:
+        """Errors at this epoch, how to click, and what the last click selected (names escaped)."""
+        matrix = self.matrix()
+        visible = self.visible()
+        rows = matrix[visible] if visible else matrix[:0]
+        n = int(rows.sum())
+        errors = n - int(sum(matrix[c, c] for c in visible))
+        hidden = len(self.run.class_names) - len(visible)
+        shown = f" of the {len(visible)} visible classes" if hidden else ""
+        share = f" ({errors / n:.1%})" if n else ""
+        parts = [f"epoch <b>{int(self.state.epoch)}</b>: <b>{errors:,}</b> of {n:,} probe samples{shown} "
+                 f"misclassified{share}. Click a {'cell' if self.kind == HEATMAP else 'ribbon'} or a bar segment "
+                 f"to select its samples (they light up on the Embeddings page)."]
+        picked = self._picked
+        if picked is not None and self.state.selection is not None and picked[3] == self.state.selection_version:
+            t, p, epoch, _ = picked  # shown while the selection is still the one this page made
+            names = self.run.class_names
+            parts.append(f"Selected: true <b>{html.escape(names[t])}</b> → predicted "
+                         f"<b>{html.escape(names[p])}</b>, {len(self.state.selection):,} samples at epoch {epoch}.")
+        return "<div class='nm-model-summary' style='font-size:13px'>" + " ".join(parts) + "</div>"
