@@ -28,11 +28,12 @@ from .embedding import EmbeddingView
 from .model import ModelView
 from .run import RunFacts, find_runs
 from .state import SessionState
+from .training import TrainingView
 from .widgets import text_multichoice
 
 EXTENSIONS = ("tabulator",)  # Panel extensions the pages use: pn.extension(*EXTENSIONS) before serving
 MANY_CLASSES = 20  # beyond this the class toggles become a searchable multi-select
-PAGES = {"Embeddings": EmbeddingView, "Activations": ActivationsView, "Model": ModelView}
+PAGES = {"Embeddings": EmbeddingView, "Activations": ActivationsView, "Model": ModelView, "Training": TrainingView}
 
 
 class EpochPlayer(pn.widgets.DiscretePlayer):

@@ -1,0 +1,225 @@
+"""The Training page: curves, first-layer weight grids, decision boundary, exploratory plots (a thin Viewer).
+
+Everything the page draws comes from :class:`~neuromapper.views.training_painter.TrainingPainter`;
+this module makes widgets from its parameters, builds each plot once per option (layer, channel,
+class, method) and, on a player step, pushes the new pictures into the Bokeh sources HoloViews
+made, in one document patch, as the other pages do: the weight grid, the enlarged tile, the
+boundary picture with its 0.5 contour, the exploratory picture, and the epoch line on the curves.
+A click on the curves jumps the shared player to that epoch; a click on a tile enlarges it.
+"""
+
+from __future__ import annotations
+
+import html
+from functools import partial
+
+import holoviews as hv
+import holoviews.plotting.bokeh  # noqa: F401 - registers the Bokeh backend for HoloViews
+import panel as pn
+from panel.io import hold
+
+from .. import plots
+from .state import SessionState
+from .training_painter import RGB, TrainingPainter
+
+NOTE = "font-size:13px;color:#555"
+
+
+class TrainingView(pn.viewable.Viewer):
+    """Training curves, weight grids, decision boundary and exploratory plots (see the module docstring)."""
+
+    def __init__(self, state: SessionState, **params):
+        super().__init__(**params)
+        self.state = state
+        self._doc = pn.state.curdoc
+        self.painter = TrainingPainter(state, dispatch=self._on_session)
+        self._sources: dict[str, dict[int, object]] = {}
+        self._spans: dict[int, object] = {}
+        state.param.watch(self._push, ["epoch"])
+        state.param.watch(partial(self._push, kinds=("explore",)), ["classes"])
+        self.painter.param.watch(partial(self._push, kinds=("explore",)), ["density"])
+        self.painter.param.watch(partial(self._push, kinds=("enlarged",)), ["enlarged"])
+
+    def _on_session(self, fn, *args) -> None:
+        """Run ``fn`` where this session's models may change (HoloViews streams and threads call from outside)."""
+        doc = self._doc
+        if doc is not None and doc.session_context is not None:
+            try:
+                doc.add_next_tick_callback(partial(fn, *args))
+            except Exception:  # the session closed meanwhile
+                pass
+        else:
+            fn(*args)
+
+    # -- pictures as Bokeh source data ------------------------------------------------------------------
+    def _data(self, kind: str):
+        painter = self.painter
+        if kind == "grid":
+            return plots.grid_source_data(painter.weight_grid())
+        if kind == "enlarged":
+            one = painter.enlarged_tile()
+            return None if one is None else plots.grid_source_data(one)
+        if kind == "boundary":
+            (x0, x1), (y0, y1) = painter.boundary_ranges()
+            return plots._image_source(painter.boundary_picture(), x0, x1, y0, y1)
+        if kind == "contour":
+            return plots.path_source_data(painter.boundary_lines())
+        if kind == "explore":
+            return None if painter.coordinates() is None else plots.rgba_source_data(
+                painter.explore_picture(), painter.explore_frame())
+        raise KeyError(kind)
+
+    def _keep(self, kind: str, plot, element) -> None:
+        """HoloViews plot hook: remember the source a picture draws from, and draw the state now.
+
+        A plot may be shown long after it was built (the tab opened later): it must show the
+        current epoch, not the one it was built at.
+        """
+        source = plot.handles.get("source")
+        if source is None:
+            return
+        self._sources.setdefault(kind, {})[id(source)] = source
+        data = self._data(kind)
+        if data is not None:
+            source.data = data
+
+    def _push(self, *_, kinds=("grid", "enlarged", "boundary", "contour", "explore")) -> None:
+        """Draw the shown pictures for the new state and update them in one document patch."""
+        if self.state.epoch not in self.state.run.epochs:
+            return
+        fresh = {kind: self._data(kind) for kind in kinds if self._sources.get(kind)}
+        with hold():
+            for kind, data in fresh.items():
+                if data is None:
+                    continue
+                for source in self._sources[kind].values():
+                    source.data = data
+            for span in self._spans.values():
+                span.location = self.state.epoch
+
+    # -- the plots ----------------------------------------------------------------------------------------
+    def _curves(self, run) -> pn.pane.HoloViews:
+        self._spans.clear()  # drawn anew when a live run grows: only the new line moves
+        line = plots.epoch_marker(self.state.epoch).opts(
+            hooks=[lambda plot, _: self._spans.__setitem__(id(plot.handles["glyph"]), plot.handles["glyph"])])
+        overlay = plots.training_curves(run.epochs, self.painter.curves(), line)
+        hv.streams.Tap(source=overlay).add_subscriber(
+            lambda x=None, **_: x is not None and self._on_session(self._jump, x))
+        return pn.pane.HoloViews(overlay, sizing_mode="stretch_width", css_classes=["nm-training-curves"])
+
+    def _jump(self, x: float) -> None:
+        self.state.epoch = self.painter.epoch_at(x)
+
+    def _weights(self, layer, channels, run):
+        painter = self.painter
+        if layer is None:
+            return _note(" ".join(["No weights recorded for this run.", *painter.lacks()]))
+        self._sources["grid"], self._sources["enlarged"] = {}, {}
+        grid = painter.weight_grid()
+        limit = painter.weight_limit()
+        if channels == RGB:
+            image = plots.weight_grid_rgb(grid, painter.weight_title())
+        else:
+            image = plots.weight_grid(grid, limit, painter.weight_title())
+        image = image.opts(hooks=[partial(self._keep, "grid")])
+        hv.streams.Tap(source=image).add_subscriber(
+            lambda x=None, y=None, **_: x is not None and self._on_session(self._enlarge, x, y))
+        first = painter._tiling(painter.state.epoch).tiles[0]
+        big = (plots.weight_grid_rgb(painter._to_rgba(first), "") if channels == RGB
+               else plots.weight_grid(first, limit, "")).opts(
+            hooks=[partial(self._keep, "enlarged")], responsive=False, frame_width=220, frame_height=220,
+            colorbar=False, tools=["hover"])
+        caption = pn.pane.HTML(pn.bind(lambda *_: self._enlarged_html(), painter.param.enlarged),
+                               css_classes=["nm-enlarged-name"], margin=(0, 10))
+        shown = pn.bind(lambda enlarged: enlarged is not None, painter.param.enlarged)
+        side = pn.Column(caption, pn.pane.HoloViews(big, visible=shown, css_classes=["nm-enlarged"]), width=280)
+        scale = (f"colour scale fixed over all epochs: ±{limit:.3g} (largest |weight| recorded)"
+                 + (" · RGB: grey = 0, each channel from none (−) to full (+)" if channels == RGB else ""))
+        return pn.Column(pn.Row(pn.pane.HoloViews(image, sizing_mode="stretch_width", css_classes=["nm-weight-grid"]),
+                                side, sizing_mode="stretch_width"), _note(scale), sizing_mode="stretch_width")
+
+    def _enlarge(self, x: float, y: float) -> None:
+        self.painter.enlarged = self.painter.tile_at(x, y)
+
+    def _enlarged_html(self) -> str:
+        name = self.painter.enlarged_name()
+        if not name:
+            return f"<div style='{NOTE}'>click a tile to see it large here</div>"
+        return f"<div style='font-size:13px'><b>{html.escape(name)}</b> (same colour scale)</div>"
+
+    def _boundary(self, _class, run):
+        painter = self.painter
+        if not painter.has_boundary():
+            reasons = " ".join(painter.lacks()) or "It is drawn for models on 2-D inputs (e.g. `neuromapper demo --dataset moons`)."
+            return _note(f"No decision boundary for this run. {reasons}")
+        self._sources["boundary"], self._sources["contour"] = {}, {}
+        x_range, y_range = painter.boundary_ranges()
+        picture = plots.probability_image(painter.boundary_picture(), x_range, y_range, painter.boundary_title()).opts(
+            hooks=[partial(self._keep, "boundary")])
+        line = plots.contour_path(painter.boundary_lines()).opts(hooks=[partial(self._keep, "contour")])
+        overlay = (picture * line * plots.class_points(painter.probe_points())).opts(show_legend=False)
+        return pn.pane.HoloViews(overlay, sizing_mode="stretch_width", css_classes=["nm-boundary"])
+
+    def _explore(self, layer, method, run, *_):
+        painter = self.painter
+        self._sources["explore"] = {}
+        if layer is None:
+            return _note("Nothing to explore in this run.")
+        if painter.coordinates() is None:
+            missing = painter.tsne_missing()
+            return _note(missing or "computing the t-SNE of the probe's inputs "
+                         "(once per run; it appears here when done)…")
+        x_range, y_range = painter.explore_bounds()
+        image = plots.layer_image(painter.explore_picture(), painter.explore_frame()).opts(
+            hooks=[partial(self._keep, "explore")], **plots.exploration_options(painter.explore_title(), x_range, y_range))
+        return pn.pane.HoloViews(image, sizing_mode="stretch_width", css_classes=["nm-explore"])
+
+    # -- the page ---------------------------------------------------------------------------------------
+    def controls(self) -> pn.Column:
+        """This page's sidebar part: weight layer and channels, boundary class, exploratory plot options."""
+        painter = self.painter
+
+        def heading(text: str) -> pn.pane.Markdown:
+            return pn.pane.Markdown(text, margin=(6, 10, 0, 10))
+
+        return pn.Column(
+            heading("**weights** of the first layer"),
+            pn.widgets.Select.from_param(painter.param.weight_layer, label="layer"),
+            pn.widgets.Select.from_param(painter.param.channels, label="input channels"),
+            heading("**decision boundary**"),
+            pn.widgets.Select.from_param(painter.param.boundary_class, label="probability of"),
+            heading("**exploratory plot**"),
+            pn.widgets.Select.from_param(painter.param.explore_layer, label="layer"),
+            pn.widgets.RadioButtonGroup.from_param(painter.param.explore_method, color="light"),
+            pn.widgets.RadioButtonGroup.from_param(painter.param.density, color="light", orientation="vertical"),
+            sizing_mode="stretch_width",
+        )
+
+    def __panel__(self):
+        painter, state = self.painter, self.state
+        curves = pn.panel(pn.bind(self._curves, state.param.run), sizing_mode="stretch_width")
+        weights = pn.panel(pn.bind(self._weights, painter.param.weight_layer, painter.param.channels, state.param.run),
+                           sizing_mode="stretch_width")
+        boundary = pn.panel(pn.bind(self._boundary, painter.param.boundary_class, state.param.run),
+                            sizing_mode="stretch_width")
+        progress = pn.indicators.Progress(
+            value=pn.bind(lambda v: -1 if v is None else int(100 * v), painter.param.tsne_progress), max=100,
+            visible=pn.bind(lambda v: v is not None, painter.param.tsne_progress), sizing_mode="stretch_width",
+            css_classes=["nm-tsne-progress"])
+        explore = pn.panel(pn.bind(self._explore, painter.param.explore_layer, painter.param.explore_method,
+                                   state.param.run), sizing_mode="stretch_width")
+        return pn.Column(
+            curves,
+            pn.Row(pn.Column(weights, sizing_mode="stretch_width"), pn.Column(boundary, sizing_mode="stretch_width"),
+                   sizing_mode="stretch_width"),
+            pn.Row(pn.Column(progress, explore, sizing_mode="stretch_width"), pn.Spacer(sizing_mode="stretch_width"),
+                   sizing_mode="stretch_width"),
+            sizing_mode="stretch_width", css_classes=["nm-training"])
+
+    def dispose(self) -> None:
+        self._sources.clear()
+
+
+def _note(text: str) -> pn.pane.HTML:
+    """A short note where a plot would be (plain text: it may name a run or a layer)."""
+    return pn.pane.HTML(f"<div style='{NOTE}'>{html.escape(text)}</div>", sizing_mode="stretch_width", margin=(10, 10))
