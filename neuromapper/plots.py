@@ -292,21 +292,22 @@ def chord_diagram(arcs: list[dict], ribbons: list[dict], labels: dict, size: int
     return (arc_shapes * ribbon_shapes * names).opts(
         width=size, height=size, xlim=(-limit, limit), ylim=(-limit, limit), xaxis=None, yaxis=None,
         tools=["tap"], default_tools=["reset"], toolbar="above", show_frame=False, bgcolor="white",
-        title="misclassifications: true → predicted (share of the true class)", backend_opts=CANVAS)
+        title="errors: true → predicted class", backend_opts=CANVAS)
 
 
 def confusion_bars(rects: dict, ticks: list[tuple[int, str]], height: int = 300) -> hv.Rectangles:
     """Per true class, a bar of its probe samples: correct at the bottom, each wrong prediction stacked.
 
-    ``rects``: columns x0, y0, x1, y1, true, predicted, count, total, share, color; ``ticks``: (x, class name).
+    ``rects``: columns x0, y0, x1, y1, true, predicted, count, total, share, color, alpha (correct
+    segments opaque, wrong ones paler); ``ticks``: (x, class name).
     """
     return hv.Rectangles(rects, kdims=["x0", "y0", "x1", "y1"],
-                         vdims=["true", "predicted", "count", "total", "share", "color"]).opts(
-        color="color", line_color="white", line_width=0.5, nonselection_alpha=1, selection_alpha=1,
+                         vdims=["true", "predicted", "count", "total", "share", "color", "alpha"]).opts(
+        color="color", alpha="alpha", line_color="white", line_width=0.5, nonselection_alpha=1, selection_alpha=1,
         tools=["hover", "tap"], hover_tooltips=CONFUSION_HOVER, default_tools=["reset"], toolbar="above",
         responsive=True, height=height, min_width=300, xticks=ticks, xrotation=45 if len(ticks) > 10 else 0,
         xlabel="true class", ylabel="probe samples", show_grid=True, bgcolor="white", framewise=True,
-        title="per true class: correct, then each wrong prediction (coloured by predicted class)",
+        title="per true class: correct (solid), then wrong (pale, by predicted class)",
         backend_opts=CANVAS)
 
 
@@ -322,4 +323,4 @@ def confusion_heatmap(rects: dict, xticks: list[tuple[int, str]], yticks: list[t
         default_tools=["reset", "wheel_zoom", "pan"], toolbar="above", width=size + 80, height=size,
         xlim=(-0.5, n - 0.5), ylim=(-0.5, n - 0.5), xticks=xticks, yticks=yticks, xrotation=90,
         xlabel="predicted", ylabel="true", bgcolor="white", framewise=True, clabel="share of the true class",
-        title="confusion (share of the true class predicted as each class)", backend_opts=CANVAS)
+        title="errors: share of the true class per predicted class", backend_opts=CANVAS)
