@@ -16,7 +16,8 @@ import numpy as np
 from . import raster
 
 MASS_LEVELS = (0.5, 0.9)  # class contours enclose the densest 50% and 90% of each class's points
-SMOOTHING_PX = 6.0  # Gaussian smoothing of the class counts, in raster pixels
+BANDWIDTH_SCALE = 0.6  # of Scott's rule: a little sharper than the textbook kernel, so clusters stay apart
+BANDWIDTH_PX = (1.5, 40.0)  # the smoothing kernel's bounds in raster pixels
 
 
 def contour_lines(z: np.ndarray, xs: np.ndarray, ys: np.ndarray, level: float) -> list[np.ndarray]:
@@ -55,11 +56,32 @@ def class_counts(xy: np.ndarray, codes: np.ndarray, n_classes: int, frame: raste
     return np.moveaxis(counts[::-1], -1, 0).astype(np.float64)
 
 
-def smooth(counts: np.ndarray, sigma_px: float = SMOOTHING_PX) -> np.ndarray:
-    """Each class's counts blurred by a Gaussian of ``sigma_px`` pixels (a kernel density estimate on the grid)."""
+def bandwidth_px(counts: np.ndarray) -> float:
+    """A Gaussian kernel width in pixels for the points counted in ``counts`` (``(height, width)``).
+
+    Scott's rule (``n ** (-1/6)`` times the points' spread, in two dimensions), scaled by
+    :data:`BANDWIDTH_SCALE` and kept within :data:`BANDWIDTH_PX`: thirty points get a broad
+    kernel (one smooth outline per cluster), ten thousand a narrow one (detail where it is real).
+    """
+    n = counts.sum()
+    if n < 2:
+        return BANDWIDTH_PX[0]
+    rows, cols = np.indices(counts.shape)
+    spread = []
+    for axis in (rows, cols):
+        mean = (axis * counts).sum() / n
+        spread.append(np.sqrt(((axis - mean) ** 2 * counts).sum() / n))
+    return float(np.clip(BANDWIDTH_SCALE * np.mean(spread) * n ** (-1 / 6), *BANDWIDTH_PX))
+
+
+def smooth(counts: np.ndarray, sigma_px: float | None = None) -> np.ndarray:
+    """``counts`` (``(height, width)``) blurred by a Gaussian: a kernel density estimate on the grid.
+
+    ``sigma_px`` defaults to :func:`bandwidth_px` of the counts.
+    """
     from scipy.ndimage import gaussian_filter
 
-    return np.stack([gaussian_filter(c, sigma_px, mode="constant") for c in counts]) if len(counts) else counts
+    return gaussian_filter(counts, bandwidth_px(counts) if sigma_px is None else sigma_px, mode="constant")
 
 
 def mass_levels(density: np.ndarray, fractions=MASS_LEVELS) -> list[float]:
@@ -77,31 +99,44 @@ def mass_levels(density: np.ndarray, fractions=MASS_LEVELS) -> list[float]:
 
 
 def class_contours(xy: np.ndarray, codes: np.ndarray, n_classes: int, frame: raster.Frame,
-                   fractions=MASS_LEVELS, sigma_px: float = SMOOTHING_PX) -> dict[int, list[list[np.ndarray]]]:
+                   fractions=MASS_LEVELS) -> dict[int, list[list[np.ndarray]]]:
     """Per class (code), its density contour lines at each of ``fractions`` of its points.
 
-    Classes with fewer than three points in the frame get no contour.
+    Each class is smoothed with its own kernel (:func:`bandwidth_px`); classes with fewer than
+    three points in the frame get no contour.
     """
     counts = class_counts(xy, codes, n_classes, frame)
-    densities = smooth(counts, sigma_px)
     xs, ys = pixel_centres(frame)
     out = {}
     for c in range(n_classes):
         if counts[c].sum() < 3:
             continue
-        out[c] = [contour_lines(densities[c], xs, ys, level) for level in mass_levels(densities[c], fractions)]
+        smoothed = smooth(counts[c])
+        out[c] = [contour_lines(smoothed, xs, ys, level) for level in mass_levels(smoothed, fractions)]
     return out
 
 
+def shaded_density(total: np.ndarray, cmap, floor: float = 0.03) -> np.ndarray:
+    """Counts ``(height, width)`` smoothed and shaded with ``eq_hist``; below ``floor`` of the peak clear.
+
+    The kernel is half the contours' (:func:`bandwidth_px`): the shading shows the detail, the
+    contours the outline. Its far tails are cut so that the empty parts of the plot stay white.
+    """
+    total = total.astype(np.float64)
+    smoothed = smooth(total, bandwidth_px(total) / 2)
+    smoothed[smoothed < floor * smoothed.max(initial=0)] = np.nan  # datashader leaves NaN clear (not 0.0)
+    return shade_eq_hist(smoothed, cmap)
+
+
 def shade_eq_hist(total: np.ndarray, cmap, min_alpha: int = 60) -> np.ndarray:
-    """An ``(height, width)`` count image (row 0 at the top) as RGBA uint8, datashader's ``eq_hist`` shading."""
+    """An ``(height, width)`` count or density image (row 0 at the top) as RGBA uint8, datashader's ``eq_hist``."""
     import datashader.transfer_functions as tf
     import xarray as xr
 
     height, width = total.shape
-    if not np.any(total):
+    if not np.nansum(total):
         return np.zeros((height, width, 4), np.uint8)
     # shading is per pixel (the histogram is global), so rows keep their order
-    agg = xr.DataArray(total.astype(np.uint32), dims=["y", "x"], coords={"y": np.arange(height), "x": np.arange(width)})
+    agg = xr.DataArray(total, dims=["y", "x"], coords={"y": np.arange(height), "x": np.arange(width)})
     packed = np.ascontiguousarray(tf.shade(agg, cmap=cmap, how="eq_hist", min_alpha=min_alpha).values)
     return packed.view(np.uint8).reshape(height, width, 4)

@@ -52,7 +52,7 @@ ALL_CHANNELS, RGB = "all", "rgb"
 EXPLORE_PX = 400  # side of the exploratory raster in pixels
 MAX_TILES = 1024  # tiles drawn at most (the rest are said to be left out)
 BOUNDARY_STRENGTH = 0.6  # how far a fully confident pixel goes from white to its class colour
-SHADE_COLORS = ("#e8eef6", "#9fb4d0", "#5b7aa6", "#2b4a7a", "#0b1f44")  # the shaded density: light to dark blue
+SHADE_COLORS = ("#dfe6ef", "#b7c6da", "#8ea3bf", "#6a7f9c", "#4a5a72")  # the shaded density: light to dark blue
 CONTOUR_ALPHA = (230, 150)  # per mass level: the densest half opaque, the 90% line lighter
 
 
@@ -463,7 +463,7 @@ class TrainingPainter(param.Parameterized):
             counts = raster.count_categorical(np.ascontiguousarray(xy[:, 0], np.float64),
                                               np.ascontiguousarray(xy[:, 1], np.float64),
                                               np.asarray(codes, np.int64), len(run.class_names), frame).sum(axis=-1)
-            rgba = raster.spread(density.shade_eq_hist(counts, list(SHADE_COLORS)))
+            rgba = density.shaded_density(counts, list(SHADE_COLORS))
         if self.density != "shaded density":
             colors = self._colors()
             contours = density.class_contours(xy, codes, len(run.class_names), frame)
