@@ -107,6 +107,10 @@ class TrainingView(pn.viewable.Viewer):
             lambda x=None, **_: x is not None and self._on_session(self._jump, x))
         return pn.pane.HoloViews(overlay, sizing_mode="stretch_width", css_classes=["nm-training-curves"])
 
+    def _compute_tsne(self) -> None:
+        self.painter.compute_tsne()
+        self.painter.param.trigger("explore_method")  # say that it is being computed
+
     def _jump(self, x: float) -> None:
         self.state.epoch = self.painter.epoch_at(x)
 
@@ -167,8 +171,14 @@ class TrainingView(pn.viewable.Viewer):
             return _note("Nothing to explore in this run.")
         if painter.coordinates() is None:
             missing = painter.tsne_missing()
-            return _note(missing or "computing the t-SNE of the probe's inputs "
-                         "(once per run; it appears here when done)…")
+            if not missing:
+                return _note("computing the t-SNE of the probe's inputs (once per run; it appears here when done)…")
+            note = _note(" ".join([missing, painter.tsne_failure]).strip())
+            if not painter.can_compute_tsne():
+                return note
+            button = pn.widgets.Button(label="compute t-SNE (in the background)", color="primary", width=260)
+            button.on_click(lambda _: self._compute_tsne())
+            return pn.Column(note, button, sizing_mode="stretch_width")
         x_range, y_range = painter.explore_bounds()
         image = plots.layer_image(painter.explore_picture(), painter.explore_frame()).opts(
             hooks=[partial(self._keep, "explore")], **plots.exploration_options(painter.explore_title(), x_range, y_range))
@@ -217,6 +227,7 @@ class TrainingView(pn.viewable.Viewer):
             sizing_mode="stretch_width", css_classes=["nm-training"])
 
     def dispose(self) -> None:
+        self.painter.dispose()
         self._sources.clear()
 
 

@@ -152,7 +152,8 @@ class TrainingPainter(param.Parameterized):
     explore_layer = param.Selector(default=None, objects=[], allow_None=True, doc="Layer of the exploratory plot.")
     explore_method = param.Selector(default=METHODS[0], objects=list(METHODS))
     density = param.Selector(default=DENSITY[0], objects=list(DENSITY), doc="How the points' density is drawn.")
-    tsne_progress = param.Number(default=None, allow_None=True, doc="Input t-SNE progress 0..1 while computed.")
+    tsne_progress = param.Number(default=None, allow_None=True, doc="t-SNE progress 0..1 while one is computed.")
+    tsne_failure = param.String(default="", doc="Why the last t-SNE job failed, if it did.")
 
     def __init__(self, state: SessionState, dispatch: Callable | None = None, **params):
         super().__init__(**params)
@@ -161,6 +162,7 @@ class TrainingPainter(param.Parameterized):
         self._coords: dict[tuple, tuple[list[int], np.ndarray] | None] = {}
         self._bounds: dict[tuple, tuple] = {}
         self._listening: InputTSNE | None = None
+        self._job_token: int | None = None
         state.param.watch(self._run_changed, "run")
         self._run_changed()
 
@@ -407,11 +409,50 @@ class TrainingPainter(param.Parameterized):
         return None
 
     def tsne_missing(self) -> str:
-        """Why no t-SNE is shown for the chosen layer (empty when it is, or is being computed)."""
+        """Why no t-SNE is shown for the chosen layer (empty when it is shown)."""
         if self.explore_method != "t-SNE" or self.explore_layer == INPUT or self.coordinates() is not None:
             return ""
-        return (f"No t-SNE of this run is stored. Compute one with `neuromapper reduce {self.run.name} --method tsne` "
-                f"(aligned across epochs), or choose PCA or the input layer.")
+        if self._job_token is not None:
+            return "computing the t-SNE of every recorded layer, aligned across epochs (stored beside the run)…"
+        return (f"No t-SNE of this run is stored yet: compute it here, or with `neuromapper reduce {self.run.name} "
+                f"--method tsne`.")
+
+    def can_compute_tsne(self) -> bool:
+        from ..reduce_params import ReduceParams
+
+        return "tsne" in ReduceParams.METHODS and self._job_token is None
+
+    def compute_tsne(self, *_) -> None:
+        """Start (or join) the server's reduction of this run by t-SNE; shown when it is done."""
+        from ..reduce_params import ReduceParams
+        from .jobs import JOBS, Listener
+
+        if not self.can_compute_tsne():
+            return
+        params = ReduceParams(method="tsne")
+        self.tsne_progress = 0.0
+        self._job_token = JOBS.join(self.run.root, params, Listener(
+            progress=lambda done, total, _message: self._dispatch(self._job_progress, done / total if total else 0.0),
+            done=lambda _result: self._dispatch(self._job_finished),
+            failed=lambda message: self._dispatch(self._job_finished, message)))
+
+    def _job_progress(self, fraction: float) -> None:
+        if self._job_token is not None:
+            self.tsne_progress = min(0.99, fraction)
+
+    def _job_finished(self, failure: str = "") -> None:
+        self._job_token = None
+        self.tsne_progress = None
+        self.tsne_failure = failure
+        self.param.trigger("explore_method")  # the stored layout is found now
+
+    def dispose(self) -> None:
+        """Stop waiting for a t-SNE job (cancelled when no other session waits for it)."""
+        from .jobs import JOBS
+
+        if self._job_token is not None:
+            JOBS.leave(self._job_token)
+            self._job_token = None
 
     def _listen(self, job: InputTSNE) -> None:
         if job is None or self._listening is job:
