@@ -192,12 +192,14 @@ class TrainingView(pn.viewable.Viewer):
         def heading(text: str) -> pn.pane.Markdown:
             return pn.pane.Markdown(text, margin=(6, 10, 0, 10))
 
+        weights = [heading("**weights** of the first layer"),
+                   pn.widgets.Select.from_param(painter.param.weight_layer, label="layer"),
+                   pn.widgets.Select.from_param(painter.param.channels, label="input channels")]
+        boundary = [heading("**decision boundary**"),
+                    pn.widgets.Select.from_param(painter.param.boundary_class, label="probability of")]
         return pn.Column(
-            heading("**weights** of the first layer"),
-            pn.widgets.Select.from_param(painter.param.weight_layer, label="layer"),
-            pn.widgets.Select.from_param(painter.param.channels, label="input channels"),
-            heading("**decision boundary**"),
-            pn.widgets.Select.from_param(painter.param.boundary_class, label="probability of"),
+            *(weights if painter.weight_layer is not None else []),
+            *(boundary if painter.has_boundary() else []),
             heading("**exploratory plot**"),
             pn.widgets.Select.from_param(painter.param.explore_layer, label="layer"),
             pn.widgets.RadioButtonGroup.from_param(painter.param.explore_method, color="light"),
@@ -218,13 +220,27 @@ class TrainingView(pn.viewable.Viewer):
             css_classes=["nm-tsne-progress"])
         explore = pn.panel(pn.bind(self._explore, painter.param.explore_layer, painter.param.explore_method,
                                    state.param.run), sizing_mode="stretch_width")
-        return pn.Column(
-            curves,
-            pn.Row(pn.Column(weights, sizing_mode="stretch_width"), pn.Column(boundary, sizing_mode="stretch_width"),
-                   sizing_mode="stretch_width"),
-            pn.Row(pn.Column(progress, explore, sizing_mode="stretch_width"), pn.Spacer(sizing_mode="stretch_width"),
-                   sizing_mode="stretch_width"),
-            sizing_mode="stretch_width", css_classes=["nm-training"])
+        explore = pn.Column(progress, explore, sizing_mode="stretch_width")
+        return pn.Column(curves, pn.panel(pn.bind(self._pictures, weights, boundary, explore, state.param.run)),
+                         sizing_mode="stretch_width", css_classes=["nm-training"])
+
+    def _pictures(self, weights, boundary, explore, _run) -> pn.Column:
+        """The pictures this run has, two to a row; what it lacks said in one line above them."""
+        painter = self.painter
+        shown, missing = [], []
+        for has, part, what in ((painter.weight_layer is not None, weights, "first-layer weights"),
+                                (painter.has_boundary(), boundary, "decision boundary (models on 2-D inputs)")):
+            (shown if has else missing).append(part if has else what)
+        shown.append(explore)
+        rows = [pn.Row(*[pn.Column(part, sizing_mode="stretch_width") for part in shown[i:i + 2]],
+                       sizing_mode="stretch_width") for i in range(0, len(shown), 2)]
+        if len(shown) % 2:
+            rows[-1].append(pn.Spacer(sizing_mode="stretch_width"))
+        if missing:
+            # the run's own account of what an older schema did not record, for this page's parts only
+            lacks = [text for text in painter.lacks() if any(word in text for word in ("weight", "boundary", "input"))]
+            rows.insert(0, _note("Not in this run: " + "; ".join(missing) + ". " + " ".join(lacks)))
+        return pn.Column(*rows, sizing_mode="stretch_width")
 
     def dispose(self) -> None:
         self.painter.dispose()
