@@ -18,7 +18,8 @@ from .reduce_params import ReduceParams
 
 # The names of neuromapper.data.DATASETS, here so that building the parser does not import
 # PyTorch (tests/test_project.py keeps the two in step).
-DEMO_DATASETS = ("mnist5k", "digits", "mnist", "fashion-mnist", "cifar10")
+DEMO_DATASETS = ("mnist5k", "digits", "mnist", "fashion-mnist", "cifar10")  # neuromapper.data.DATASETS
+DEMO_MODELS = ("moons", "digits-mlp")  # the MLP demos (neuromapper.demo.RECIPES); torch-free for --help
 
 
 def run_summary(path: str | Path) -> dict:
@@ -298,9 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="train the demo CNN on offline digits, record it, reduce it, open the dashboard")
-    demo.add_argument("--dataset", choices=DEMO_DATASETS, default=DEMO_DATASETS[0])
-    demo.add_argument("--epochs", type=int, default=10)
-    demo.add_argument("--probe", type=int, default=2000, help="held-out probe samples (default 2000)")
+    demo.add_argument("--dataset", choices=DEMO_DATASETS + DEMO_MODELS, default=DEMO_DATASETS[0],
+                      help="an image dataset for the digit CNN (default mnist5k), 'moons' (an MLP on two moons, "
+                           "100 epochs, with the decision boundary) or 'digits-mlp' (an MLP on MNIST-5k whose "
+                           "first-layer weights are images)")
+    demo.add_argument("--epochs", type=int, default=None, help="epochs to train (default 10; 100 for moons)")
+    demo.add_argument("--probe", type=int, default=None, help="held-out probe samples (default 2000; 500 for moons)")
     demo.add_argument("--out", default="data/demo", help="run directory (default data/demo)")
     demo.add_argument("--root", default=None, help="torchvision dataset folder for mnist/fashion-mnist/cifar10")
     demo.add_argument("--no-serve", action="store_true", help="record and reduce only; do not open the dashboard")

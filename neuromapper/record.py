@@ -64,7 +64,7 @@ import torch
 from torch import nn
 
 from . import attacks as attacks_
-from . import store
+from . import model_parts, store
 
 CHANNEL_REDUCTIONS = ("mean", "max")
 SEQUENCE_REDUCTIONS = ("mean", "last", "max")
@@ -246,13 +246,6 @@ def thumbnails(x: torch.Tensor, max_side: int = 32, value_range: tuple[float, fl
     return (scaled * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            return name, module
-    return None
-
-
 def _describe(model: nn.Module) -> dict:
     return {
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
@@ -346,6 +339,25 @@ class Recorder:
     twin_ids
         Probe sample ids (values of ``sample_ids``) to attack, instead of the stratified pick;
         given without ``attacks`` it turns on the default :class:`~neuromapper.attacks.AttackConfig`.
+    spotlight
+        Probe sample ids whose **full** feature maps (channels × height × width, 16-bit) are kept
+        at every recorded layer that outputs one, for the Model page; default
+        ``spotlight_per_class`` per class (:func:`~neuromapper.attacks.stratified_ids`); ``[]``
+        keeps none.
+    spotlight_per_class
+        The default spotlight's samples per class.
+    weight_budget
+        Bytes of weights kept per epoch besides the first conv layer's kernels, which are always
+        kept: the convs feeding the recorded feature-map layers, in order, while they fit (what
+        does not fit is listed in the run; see :mod:`neuromapper.model_parts`). A model without
+        convs whose first ``nn.Linear`` reads image inputs whole keeps that layer's weights.
+    record_inputs
+        Keep the probe's inputs once per run (flattened; PCA-compressed when wide) as the
+        ``input_feature`` variable, so the Training page can explore the raw data like a layer.
+    boundary_resolution
+        For models on 2-D inputs (``(N, 2)`` probes), the class probabilities over a
+        ``boundary_resolution`` × ``boundary_resolution`` grid covering the probe are kept at every
+        capture (the Training page's decision boundary); 0 turns it off.
 
     Attributes
     ----------
@@ -378,6 +390,11 @@ class Recorder:
         resume: bool = False,
         attacks: attacks_.AttackConfig | Mapping[str, Any] | None = None,
         twin_ids: Iterable[int] | None = None,
+        spotlight: Iterable[int] | None = None,
+        spotlight_per_class: int = 2,
+        weight_budget: int = model_parts.WEIGHT_BUDGET,
+        record_inputs: bool = True,
+        boundary_resolution: int = model_parts.BOUNDARY_RESOLUTION,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -420,7 +437,6 @@ class Recorder:
             raise ValueError(f"output_selector: {stray} are not among the recorded layers {self.layers}")
         self._modules = [modules[name] for name in self.layers]
         self._batch_first = [_batch_first(module) for module in self._modules]
-        self._first_conv = _first_conv(model)
 
         # One forward pass on two samples tells the logit width and the layers' widths for run.nc.
         logits, acts, reductions = self._forward(self.x[:2])
@@ -449,6 +465,10 @@ class Recorder:
         self._image_shape = None if images is None else tuple(images.shape[1:])
         self.sample_ids = np.arange(len(self.y)) if sample_ids is None else np.asarray(list(sample_ids))
         self.attacks = self._attack_config(attacks, twin_ids)
+        self._spotlight_rows, self._map_layers = self._spotlight(spotlight, spotlight_per_class)
+        self._weights, skipped = model_parts.weight_plan(model, self._map_layers, tuple(self.x.shape[1:]), weight_budget)
+        self._grid = model_parts.boundary_grid(self.x, int(boundary_resolution))
+        inputs, input_pca = model_parts.input_features(self.x) if record_inputs else (None, False)
         attrs = {
             "model": _describe(model),
             "hyperparameters": dict(hyperparameters or {}),
@@ -457,8 +477,11 @@ class Recorder:
             "sequence_reduce": sequence_reduce,
             "head": "sigmoid: logits stored as [0, z]" if self._one_logit else "softmax",
             "probe_sha256": probe_hash(self.x),
-            "first_conv_layer": self._first_conv[0] if self._first_conv else "",
             "attacks": None if self.attacks is None else self.attacks.to_json(),
+            "map_layers": list(self._map_layers),
+            "weight_layers": [entry.to_json() for entry in self._weights],
+            "skipped_weights": skipped,
+            "input_pca": input_pca,
         }
         store.create_run(
             self.path,
@@ -470,6 +493,9 @@ class Recorder:
             layer_reductions=reductions,
             images=images,
             sample_ids=None if sample_ids is None else self.sample_ids,
+            spotlight=self.sample_ids[self._spotlight_rows],
+            inputs=inputs,
+            grid=self._grid,
             attrs=attrs,
             overwrite=overwrite,
             resume=resume,
@@ -564,29 +590,27 @@ class Recorder:
             out = out[:, None]
         return out.float().cpu(), reduction
 
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[str]]:
-        """Run ``x`` through the model in eval mode with hooks; restore everything afterwards.
-
-        Returns the model's output as ``(N, logits)``, each layer's ``(N, units)`` rows, and the
-        reduction each layer's output needed.
-        """
-        captured: list[list[tuple[torch.Tensor, str]]] = [[] for _ in self.layers]
-        batch_rows = [0]  # the hooks need the size of the batch being run
+    def _run(self, x: torch.Tensor, hooks: Mapping[int, Any], batch_size: int | None = None) -> torch.Tensor:
+        """Run ``x`` through the model in eval mode under ``no_grad`` in batches, with ``hooks``
+        (``{layer index: hook(index, output, batch)}``) on the recorded modules; hooks, train/eval
+        mode and gradients are restored afterwards. Returns the logits as ``(N, width)``."""
         handles = []
         was_training = self.model.training
         device, dtype = self.device, self._input_dtype()
+        batch_rows = [0]  # the hooks need the size of the batch being run
 
         def hook(index):
-            return lambda module, inputs, output: captured[index].append(self._rows(index, output, batch_rows[0]))
+            return lambda module, inputs, output: hooks[index](index, output, batch_rows[0])
 
         try:
-            for i, module in enumerate(self._modules):
-                handles.append(module.register_forward_hook(hook(i)))
+            for i in hooks:
+                handles.append(self._modules[i].register_forward_hook(hook(i)))
             self.model.eval()
             outputs = []
             with torch.no_grad():
-                for start in range(0, len(x), self.batch_size):
-                    batch = x[start : start + self.batch_size].to(device)
+                step = batch_size or self.batch_size
+                for start in range(0, len(x), step):
+                    batch = x[start : start + step].to(device)
                     if batch.is_floating_point() and dtype is not None:
                         batch = batch.to(dtype)
                     batch_rows[0] = len(batch)
@@ -596,6 +620,43 @@ class Recorder:
             for handle in handles:
                 handle.remove()
             self.model.train(was_training)
+        logits = torch.cat(outputs)
+        if logits.ndim == 1:  # a one-logit head that squeezed its last axis
+            logits = logits[:, None]
+        if logits.ndim != 2 or logits.shape[1] == 0:
+            raise ValueError(
+                f"model output: expected logits of shape (batch, classes) or (batch, 1), got {tuple(logits.shape)}"
+            )
+        return logits
+
+    def _class_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """One logit per class: a one-logit head's ``z`` becomes ``[0, z]`` (see the module docstring)."""
+        return torch.cat([torch.zeros_like(logits), logits], dim=1) if self._one_logit else logits
+
+    def _raw_outputs(self, x: torch.Tensor, indices: Sequence[int]) -> dict[int, torch.Tensor]:
+        """The unreduced outputs of the layers at ``indices`` for ``x`` (after ``output_selector``)."""
+        parts: dict[int, list[torch.Tensor]] = {i: [] for i in indices}
+
+        def keep(index, output, batch):
+            name = self.layers[index]
+            parts[index].append(_select(output, self.output_selector.get(name), f"layer {name!r}",
+                                        f"output_selector={{{name!r}: key or callable}}").detach().float().cpu())
+
+        self._run(x, {i: keep for i in indices})
+        return {i: torch.cat(p) for i, p in parts.items() if p}
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[str]]:
+        """Run ``x`` through the model with hooks on every recorded layer (see :meth:`_run`).
+
+        Returns the model's output as ``(N, logits)``, each layer's ``(N, units)`` rows, and the
+        reduction each layer's output needed.
+        """
+        captured: list[list[tuple[torch.Tensor, str]]] = [[] for _ in self.layers]
+
+        def rows(index, output, batch):
+            captured[index].append(self._rows(index, output, batch))
+
+        logits = self._run(x, {i: rows for i in range(len(self.layers))})
         silent = [name for name, parts in zip(self.layers, captured) if not parts]
         if silent:
             raise ValueError(
@@ -609,14 +670,42 @@ class Recorder:
                     f"layer {name!r} produced {a.shape[0]} rows for {len(x)} probe samples: a module "
                     "called more than once per forward pass cannot be recorded; pick a distinct module"
                 )
-        logits = torch.cat(outputs)
-        if logits.ndim == 1:  # a one-logit head that squeezed its last axis
-            logits = logits[:, None]
-        if logits.ndim != 2 or logits.shape[1] == 0:
-            raise ValueError(
-                f"model output: expected logits of shape (batch, classes) or (batch, 1), got {tuple(logits.shape)}"
-            )
         return logits, acts, [parts[0][1] for parts in captured]
+
+    # -- what the Model and Training pages read (see neuromapper.model_parts) -------------------------
+    def _spotlight(self, spotlight: Iterable[int] | None, per_class: int) -> tuple[np.ndarray, dict[str, int]]:
+        """The spotlight's probe rows and the map layers (name -> channels) whose full outputs they keep."""
+        candidates = [i for i, first in enumerate(self._batch_first) if first is None]
+        outputs = self._raw_outputs(self.x[:2], candidates)
+        maps = {self.layers[i]: int(out.shape[1]) for i, out in outputs.items() if out.ndim == 4}
+        if spotlight is None:
+            ids = attacks_.stratified_ids(self.y.numpy(), self.sample_ids, per_class) if maps else []
+        else:
+            ids = [int(i) for i in spotlight]
+        position = {int(v): k for k, v in enumerate(self.sample_ids)}
+        unknown = [i for i in ids if i not in position]
+        if unknown:
+            raise ValueError(f"spotlight: ids {unknown[:12]} are not probe sample ids "
+                             f"({_id_summary(np.asarray(self.sample_ids))})")
+        rows = np.asarray([position[int(i)] for i in ids], dtype=np.int64)
+        return rows, (maps if len(rows) else {})
+
+    def _feature_maps(self) -> list[np.ndarray] | None:
+        """The map layers' full outputs for the spotlight samples, ``(spotlight, C, H, W)`` each."""
+        if not self._map_layers:
+            return None
+        indices = [self.layers.index(name) for name in self._map_layers]
+        outputs = self._raw_outputs(self.x[self._spotlight_rows], indices)
+        return [outputs[i].numpy() for i in indices]
+
+    def _boundary(self) -> np.ndarray | None:
+        """Class probabilities over the 2-D input grid, ``(grid_y, grid_x, class)``, for 2-D inputs."""
+        if self._grid is None:
+            return None
+        xs, ys = self._grid
+        # no hooks and a 2-D input: large batches (40,000 points cost 2 ms per 4,096 for a small MLP)
+        logits = self._class_logits(self._run(model_parts.grid_points(xs, ys), {}, batch_size=4096))
+        return torch.softmax(logits, dim=1).numpy().reshape(len(ys), len(xs), -1)
 
     def _instances(self, instances: Mapping[str, Any] | None) -> tuple[list[str], torch.Tensor | None, list[int]]:
         """The user's instances as names, one input batch and labels (-1 when not given)."""
@@ -696,8 +785,7 @@ class Recorder:
             return None
         x = torch.cat([t.cpu() for t in twins["input"]])
         logits, acts, _ = self._forward(x)
-        if self._one_logit:
-            logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
+        logits = self._class_logits(logits)
         prediction = logits.argmax(1).numpy()
         label = np.asarray(twins["label"])
         n_attacked = len(twins["row"])
@@ -739,8 +827,7 @@ class Recorder:
                 raise ValueError(f"metrics[{key!r}]: expected a number, got {value!r}") from exc
         instances = self._instances(instances)  # bad instances fail before any work
         logits, acts, _ = self._forward(self.x)
-        if self._one_logit:  # softmax([0, z]) = [1 - sigmoid(z), sigmoid(z)]; see the module docstring
-            logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
+        logits = self._class_logits(logits)  # softmax([0, z]) = [1 - sigmoid(z), sigmoid(z)]
         loss = torch.nn.functional.cross_entropy(logits, self.y, reduction="none")
         activations = [a.numpy() for a in acts]
         for name, a in zip(self.layers, activations):
@@ -752,9 +839,6 @@ class Recorder:
                     RuntimeWarning,
                     stacklevel=2,
                 )
-        weight = None
-        if self._first_conv is not None:
-            weight = self._first_conv[1].weight.detach().float().cpu().numpy()
         twins = self._twins(int(epoch), logits.argmax(1).numpy(), instances)
         ds = store.epoch_dataset(
             int(epoch),
@@ -763,7 +847,9 @@ class Recorder:
             logits=logits.numpy(),
             loss=loss.numpy(),
             metrics=clean_metrics,
-            first_conv_weight=weight,
+            feature_maps=self._feature_maps(),
+            weights=model_parts.read_weights(self.model, self._weights),
+            boundary=self._boundary(),
             twins=twins,
         )
         self.flush()

@@ -71,6 +71,38 @@ After :func:`open_run` a twin absent at an epoch (one-pixel twins are usually ma
 epochs only) is NaN there, which turns the integer variables into floats. Runs written with
 schema version 1 have no twins and open as before.
 
+What the Model and Training pages read (schema version 3; older runs open and :func:`lacks` says
+what they miss). Layers have differently shaped feature maps and weights, so each gets its own
+variable with its own axes, numbered by the layer's position in a JSON list in run.nc's
+attributes, never named after the layer: layer names are user text (``layer3.1``, or anything a
+model calls a module) and netCDF variable names are not. :func:`feature_maps` and :func:`weights`
+are the only readers of that numbering and give every layer the same axis names back.
+
+============================================================  =======  ===========================
+``spotlight(spotlight)`` in run.nc                             int      the probe sample ids whose
+                                                                        full feature maps are kept
+``feature_map_<i>(epoch, spotlight, channel_<i>,                int16    the full output of
+map_y_<i>, map_x_<i>)``                                         packed   ``map_layers[i]`` (a conv
+                                                                        layer) for the spotlight
+                                                                        samples; 16-bit CF packing
+                                                                        per variable and epoch
+``weight_<i>(epoch, out_channel_<i>, in_channel_<i>,            float32  the kernels of
+kernel_y_<i>, kernel_x_<i>)``                                            ``weight_layers[i]``; a
+                                                                        Linear on image inputs
+                                                                        stores ``(out, C, H, W)``
+``boundary(epoch, grid_y, grid_x, class)``, coordinates         int16    softmax of the model over a
+``grid_x``, ``grid_y`` in run.nc                                packed   grid covering 2-D inputs
+``input_feature(sample, input_unit)`` in run.nc                 float32  the probe's inputs,
+                                                                        flattened; PCA-compressed
+                                                                        when wide (attr
+                                                                        ``input_pca``)
+============================================================  =======  ===========================
+
+Run attributes (JSON): ``map_layers`` (names), ``weight_layers`` (``[{"layer", "kind", "module"}]``,
+kind ``"conv"`` or ``"linear-image"``) and ``skipped_weights`` (``[{"layer", "bytes", "reason"}]``:
+what the recorder's per-epoch weight budget left out, so a view can say so). Schema-2 runs kept
+only the first conv layer's kernels as ``first_conv_weight``; :func:`weights` reads those too.
+
 xarray attributes hold only strings and numbers, so dictionaries (hyperparameters, the model
 description) are stored as JSON strings; booleans are stored as 0/1.
 
@@ -104,8 +136,9 @@ import xarray as xr
 
 from .reduce_params import KEY_LENGTH, ReduceParams
 
-SCHEMA_VERSION = 2
-"""1: the first schema. 2: adversarial twins in the epoch files and the run's ``attacks`` attribute."""
+SCHEMA_VERSION = 3
+"""1: the first schema. 2: adversarial twins in the epoch files and the run's ``attacks`` attribute.
+3: spotlight feature maps, layer weights, the decision-boundary grid and the probe's input features."""
 TWIN_METHODS = ("fgsm", "pgd", "one-pixel", "instance")
 RUN_FILE = "run.nc"
 EPOCH_DIR = "epochs"
@@ -260,6 +293,9 @@ def create_run(
     layer_reductions: list[str] | None = None,
     images: np.ndarray | None = None,
     sample_ids: np.ndarray | None = None,
+    spotlight: np.ndarray | None = None,
+    inputs: np.ndarray | None = None,
+    grid: tuple[np.ndarray, np.ndarray] | None = None,
     attrs: dict | None = None,
     overwrite: bool = False,
     resume: bool = False,
@@ -269,7 +305,9 @@ def create_run(
     ``images`` are uint8 thumbnails ``(sample, height, width, channel)``; ``layer_reductions``
     says how each layer's output became one vector per sample (``"none"``, ``"spatial-mean"``,
     ``"time-last"``...); ``attrs`` values that are dicts or lists are stored as JSON strings,
-    booleans as 0/1.
+    booleans as 0/1. ``spotlight`` (sample ids whose feature maps the epochs keep), ``inputs``
+    (the probe's input features, ``(sample, input_unit)``) and ``grid`` (the ``(xs, ys)`` of the
+    decision-boundary grid) are the schema-3 parts described in the module docstring.
 
     An existing run at ``path`` is an error unless ``overwrite`` (its epochs and embeddings are
     deleted) or ``resume``: then nothing is written, after checking that the existing ``run.nc``
@@ -291,6 +329,12 @@ def create_run(
         data["layer_reduction"] = ("layer", np.array(layer_reductions, dtype=str))
     if images is not None:
         data["image"] = (("sample", "image_y", "image_x", "image_channel"), images.astype(np.uint8))
+    if spotlight is not None and len(spotlight):
+        coords["spotlight"] = np.asarray(spotlight)
+    if inputs is not None:
+        data["input_feature"] = (("sample", "input_unit"), np.asarray(inputs, dtype=np.float32))
+    if grid is not None:
+        coords["grid_x"], coords["grid_y"] = (np.asarray(v, dtype=np.float32) for v in grid)
     ds = xr.Dataset(data, coords=coords)
     ds.attrs = {"neuromapper_schema": SCHEMA_VERSION, "run_id": uuid.uuid4().hex}
     for key, value in (attrs or {}).items():
@@ -334,11 +378,17 @@ def _check_same_run(root: Path, new: xr.Dataset) -> None:
     differences = []
     for name, what in [("layer", "layer names"), ("layer_units", "layer widths"),
                        ("layer_reduction", "layer reductions"), ("class", "class names"),
-                       ("sample", "probe sample ids"), ("label", "probe labels")]:
+                       ("sample", "probe sample ids"), ("label", "probe labels"),
+                       ("spotlight", "spotlight sample ids")]:
         was = old[name].values if name in old.variables else None
         now = new[name].values if name in new.variables else None
+        if was is None and now is None:
+            continue
         if was is None or now is None or len(was) != len(now) or not np.array_equal(was, now):
             differences.append(f"{what}: {_difference(was, now)}")
+    for name in ("map_layers", "weight_layers"):
+        if old.attrs.get(name, "[]") != new.attrs.get(name, "[]"):
+            differences.append(f"{name}: {old.attrs.get(name, 'none')} in the run, {new.attrs.get(name, 'none')} now")
     if old.attrs.get("attacks") != new.attrs.get("attacks"):
         differences.append(
             f"attacks: {old.attrs.get('attacks', 'none')} in the run, {new.attrs.get('attacks', 'none')} now"
@@ -377,7 +427,9 @@ def epoch_dataset(
     logits: np.ndarray,
     loss: np.ndarray,
     metrics: dict | None = None,
-    first_conv_weight: np.ndarray | None = None,
+    feature_maps: list[np.ndarray] | None = None,
+    weights: list[np.ndarray] | None = None,
+    boundary: np.ndarray | None = None,
     twins: dict | None = None,
 ) -> xr.Dataset:
     """Build the Dataset of one epoch in the store's schema.
@@ -391,6 +443,10 @@ def epoch_dataset(
     array per layer), ``logits`` ``(twin, class)``, ``label``, ``fooled``, ``perturbation``,
     ``evaluations`` (one value per twin) and optionally ``images`` (uint8
     ``(twin, y, x, channel)``).
+
+    ``feature_maps`` holds one ``(spotlight, channel, y, x)`` array per entry of the run's
+    ``map_layers``, ``weights`` one ``(out, in, ky, kx)`` array per entry of ``weight_layers``,
+    and ``boundary`` the ``(grid_y, grid_x, class)`` probabilities (see the module docstring).
     """
     n = logits.shape[0]
     width = max(a.shape[1] for a in activations)
@@ -413,11 +469,14 @@ def epoch_dataset(
         names = sorted(metrics)
         ds["metric"] = (("epoch", "metric_name"), np.array([[float(metrics[k]) for k in names]]))
         ds = ds.assign_coords(metric_name=np.array(names, dtype=str))
-    if first_conv_weight is not None:
-        ds["first_conv_weight"] = (
-            ("epoch", "out_channel", "in_channel", "kernel_y", "kernel_x"),
-            first_conv_weight[None].astype(np.float32),
-        )
+    for i, maps in enumerate(feature_maps or []):
+        ds[f"feature_map_{i}"] = (("epoch", "spotlight") + tuple(f"{axis}_{i}" for axis in _MAP_AXES),
+                                  np.asarray(maps, dtype=np.float32)[None])
+    for i, weight in enumerate(weights or []):
+        ds[f"weight_{i}"] = (("epoch",) + tuple(f"{axis}_{i}" for axis in _WEIGHT_AXES),
+                             np.asarray(weight, dtype=np.float32)[None])
+    if boundary is not None:
+        ds["boundary"] = (("epoch", "grid_y", "grid_x", "class"), np.asarray(boundary, dtype=np.float32)[None])
     if twins is not None and len(twins["id"]):
         ds = ds.merge(_twin_dataset(twins, layers, width), join="exact")
     ds.attrs = {"neuromapper_schema": SCHEMA_VERSION}
@@ -545,6 +604,9 @@ def append_epoch(
     encoding = compression_encoding(ds, complevel)
     if precision == "16bit":
         encoding["activation"].update(packed_int16_encoding(ds["activation"].values))
+    for name in ds.data_vars:  # feature maps and boundary probabilities are always 16-bit
+        if name.startswith("feature_map_") or name == "boundary":
+            encoding[name].update(packed_int16_encoding(ds[name].values))
     return write_atomic(ds, epoch_file(path, epoch), encoding)
 
 
@@ -699,6 +761,91 @@ def layer_activations(ds: xr.Dataset, layer: str) -> xr.DataArray:
 def json_attr(ds: xr.Dataset, name: str) -> dict:
     """Decode a JSON-string attribute (``model``, ``hyperparameters``) into a dict."""
     return json.loads(ds.attrs.get(name, "{}"))
+
+
+# --- what the Model and Training pages read (schema 3; see the module docstring) ------------------
+_WEIGHT_AXES = ("out_channel", "in_channel", "kernel_y", "kernel_x")
+_MAP_AXES = ("channel", "map_y", "map_x")
+
+
+def spotlight_ids(ds: xr.Dataset) -> np.ndarray:
+    """Sample ids whose full feature maps are recorded (empty for runs without them)."""
+    return ds["spotlight"].values if "spotlight" in ds.coords else np.array([], dtype=np.int64)
+
+
+def map_layers(ds: xr.Dataset) -> list[str]:
+    """Recorded layers whose full feature maps the epochs keep for the spotlight samples."""
+    return list(json.loads(ds.attrs.get("map_layers", "[]")))
+
+
+def _weight_table(ds: xr.Dataset) -> list[dict]:
+    if "weight_layers" in ds.attrs:
+        return list(json.loads(ds.attrs["weight_layers"]))
+    if "first_conv_weight" in ds.data_vars and ds.attrs.get("first_conv_layer"):  # schema 1-2
+        return [{"layer": ds.attrs["first_conv_layer"], "kind": "conv", "module": ds.attrs["first_conv_layer"]}]
+    return []
+
+
+def weight_layers(ds: xr.Dataset) -> list[str]:
+    """Layers whose weights every epoch keeps: the first conv layer (or the first Linear on image
+    inputs), then recorded conv layers within the recorder's per-epoch budget."""
+    return [entry["layer"] for entry in _weight_table(ds)]
+
+
+def weight_kind(ds: xr.Dataset, layer: str) -> str:
+    """``"conv"`` (kernels) or ``"linear-image"`` (each neuron's input weights as an image)."""
+    return _weight_table(ds)[_position(weight_layers(ds), layer, "weights")]["kind"]
+
+
+def skipped_weights(ds: xr.Dataset) -> list[dict]:
+    """The weights the recorder's budget left out: ``[{"layer", "bytes", "reason"}]``."""
+    return list(json.loads(ds.attrs.get("skipped_weights", "[]")))
+
+
+def _position(names: list[str], layer: str, what: str) -> int:
+    if layer not in names:
+        raise RunError(f"layer {layer!r} has no recorded {what} in this run; layers with {what}: {names}")
+    return names.index(layer)
+
+
+def feature_maps(ds: xr.Dataset, layer: str) -> xr.DataArray:
+    """The full output of ``layer`` for the spotlight samples: ``(epoch, spotlight, channel, map_y, map_x)``."""
+    i = _position(map_layers(ds), layer, "feature maps")
+    return ds[f"feature_map_{i}"].rename({f"{axis}_{i}": axis for axis in _MAP_AXES}).rename(layer)
+
+
+def weights(ds: xr.Dataset, layer: str) -> xr.DataArray:
+    """The weights of ``layer`` per epoch: ``(epoch, out_channel, in_channel, kernel_y, kernel_x)``."""
+    i = _position(weight_layers(ds), layer, "weights")
+    if "weight_layers" not in ds.attrs:  # schema 1-2: the first conv layer only
+        return ds["first_conv_weight"].rename(layer)
+    return ds[f"weight_{i}"].rename({f"{axis}_{i}": axis for axis in _WEIGHT_AXES}).rename(layer)
+
+
+def boundary(ds: xr.Dataset) -> xr.DataArray | None:
+    """Class probabilities over the 2-D input grid per epoch, ``(epoch, grid_y, grid_x, class)``, or None."""
+    return ds["boundary"] if "boundary" in ds.data_vars else None
+
+
+def input_features(ds: xr.Dataset) -> xr.DataArray | None:
+    """The probe's inputs once per run, ``(sample, input_unit)`` (PCA-compressed when wide), or None."""
+    return ds["input_feature"] if "input_feature" in ds.data_vars else None
+
+
+def lacks(ds: xr.Dataset) -> list[str]:
+    """What the run lacks for the Model and Training pages, one short sentence each."""
+    version = int(ds.attrs.get("neuromapper_schema", SCHEMA_VERSION))
+    old = f" (recorded from schema 3 on; this run is schema {version})" if version < 3 else ""
+    missing = []
+    if not map_layers(ds):
+        missing.append("feature maps" + (old or ": no recorded layer outputs a feature map (channels x height x width)"))
+    if not weight_layers(ds):
+        missing.append("layer weights" + (old or ": the model has no conv layer, nor a Linear first layer on image inputs"))
+    if boundary(ds) is None:
+        missing.append("a decision boundary" + (old or ": recorded only for models on 2-D inputs"))
+    if input_features(ds) is None:
+        missing.append("the probe's input features" + (old or ": recorded with Recorder(record_inputs=True)"))
+    return missing
 
 
 # --- embeddings -------------------------------------------------------------------------------

@@ -73,3 +73,34 @@ def twin_run(tmp_path_factory, digits):
                     opt.step()
             rec.capture(epoch, instances={"my <i>own</i>": (digits.x[310], int(digits.y[310]))})
     return path
+
+
+@pytest.fixture(scope="session")
+def moons_run(tmp_path_factory):
+    """The ``neuromapper demo --dataset moons`` run itself: an MLP on two moons, 101 epochs, with the
+    decision boundary on a 200 x 200 grid every epoch."""
+    from neuromapper.demo import run_demo
+
+    return run_demo(tmp_path_factory.mktemp("runs") / "moons", "moons", show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def digits_mlp_run(tmp_path_factory, digits):
+    """A 3-epoch DigitMLP run on 8x8 digits: its first Linear reads whole images, so its weights are images."""
+    from neuromapper.data import DigitMLP
+
+    path = tmp_path_factory.mktemp("runs") / "digits-mlp"
+    torch.manual_seed(0)
+    model = DigitMLP(image_size=8, hidden=16)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x_train, y_train = digits.x[300:], digits.y[300:]
+    with Recorder(model, layers=["fc1", "fc2", "out"], probe=(digits.x[:300], digits.y[:300]),
+                  class_names=digits.class_names, path=path, dataset="digits") as rec:
+        for epoch in range(3):
+            for start in range(0, len(y_train), 128) if epoch else ():
+                loss = nn.functional.cross_entropy(model(x_train[start:start + 128]), y_train[start:start + 128])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            rec.capture(epoch)
+    return path

@@ -102,10 +102,12 @@ def test_cli_help_is_instant_and_imports_nothing_heavy(argv):
 
 def test_cli_options_come_from_the_library():
     from neuromapper import ReduceParams
-    from neuromapper.cli import DEMO_DATASETS, build_parser
+    from neuromapper.cli import DEMO_DATASETS, DEMO_MODELS, build_parser
     from neuromapper.data import DATASETS
+    from neuromapper.demo import RECIPES
 
     assert DEMO_DATASETS == DATASETS
+    assert set(DEMO_MODELS) == set(RECIPES)
     args = build_parser().parse_args(["reduce", "run"])
     assert ReduceParams(method=args.method, n_neighbors=args.n_neighbors, min_dist=args.min_dist, layers=args.layers,
                         per_class=args.per_class, seed=args.seed) == ReduceParams.DEFAULT

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from neuromapper import Recorder, RunError, open_run
+from neuromapper import Recorder, RunError, open_run, store
 from neuromapper.data import DigitCNN, small_resnet18
 from neuromapper.record import default_layers, thumbnails
 
@@ -49,7 +49,7 @@ def test_mlp_shapes_logits_and_loss(tmp_path, mlp, digits):
     assert np.isnan(float(ds["metric"].sel(epoch=0, metric_name="val_acc")))
 
 
-def test_cnn_records_channel_means_and_first_conv_weights(tmp_path, digits):
+def test_cnn_records_channel_means_and_conv_weights(tmp_path, digits):
     model = DigitCNN(in_channels=1, n_classes=10, image_size=8, width=8)
     x, y = digits.x[:64], digits.y[:64]
     with Recorder(model, probe=(x, y), path=tmp_path / "cnn", batch_size=10) as rec:
@@ -61,8 +61,8 @@ def test_cnn_records_channel_means_and_first_conv_weights(tmp_path, digits):
         fmap = model.conv2(model.conv1(x))
     np.testing.assert_allclose(ds["activation"].sel(epoch=0, layer="conv2").values[:, :16],
                                fmap.mean(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ds["first_conv_weight"].sel(epoch=0).values, model.conv1[0].weight.detach().numpy())
-    assert ds.attrs["first_conv_layer"] == "conv1.0"
+    np.testing.assert_array_equal(store.weights(ds, "conv1").sel(epoch=0).values, model.conv1[0].weight.detach().numpy())
+    assert store.weight_layers(ds) == ["conv1", "conv2"]
     assert ds["image"].dtype == np.uint8 and ds["image"].shape == (64, 8, 8, 1)
 
 

@@ -26,7 +26,7 @@ def _epoch(epoch: int, n: int = 30, seed: int = 0) -> xr.Dataset:
         logits=rng.normal(size=(n, 4)).astype(np.float32),
         loss=rng.random(n).astype(np.float32),
         metrics={"val_acc": 0.25 * epoch} if epoch else None,
-        first_conv_weight=rng.normal(size=(2, 1, 3, 3)).astype(np.float32),
+        weights=[rng.normal(size=(2, 1, 3, 3)).astype(np.float32)],
     )
 
 
@@ -87,7 +87,7 @@ def test_open_run_combines_epochs_lazily_with_string_coords_and_json_attrs(tmp_p
     assert ds.attrs["flag"] == 1 and ds.attrs["neuromapper_schema"] == store.SCHEMA_VERSION
     for part in parts:
         e = int(part["epoch"][0])
-        for name in ("activation", "logits", "loss", "prediction", "first_conv_weight", "nonfinite"):
+        for name in ("activation", "logits", "loss", "prediction", "weight_0", "nonfinite"):
             xr.testing.assert_identical(ds[name].sel(epoch=[e]).variable.load(), part[name].variable)
     assert np.isnan(ds["metric"].sel(epoch=0, metric_name="val_acc"))
     assert float(ds["metric"].sel(epoch=2, metric_name="val_acc")) == 0.5

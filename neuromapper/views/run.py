@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .. import store
 from ..store import (
     RUN_FILE,
     RunError,
@@ -134,6 +135,56 @@ class RunFacts:
     def twin_values(self, name: str, epoch: int) -> np.ndarray:
         """A per-twin variable (``twin_prediction``, ``twin_fooled``...) at ``epoch``, one value per twin."""
         return self._cached((name, epoch), lambda: np.asarray(self.ds[name].sel(epoch=epoch).values))
+
+    # -- what the Model and Training pages read (schema 3; :func:`store.lacks` says what a run misses) --
+    @property
+    def map_layers(self) -> list[str]:
+        return store.map_layers(self.ds)
+
+    @property
+    def weight_layers(self) -> list[str]:
+        return store.weight_layers(self.ds)
+
+    @property
+    def spotlight(self) -> np.ndarray:
+        """Sample ids whose full feature maps are recorded."""
+        return store.spotlight_ids(self.ds)
+
+    @property
+    def lacks(self) -> list[str]:
+        return store.lacks(self.ds)
+
+    def feature_maps(self, layer: str, epoch: int) -> np.ndarray:
+        """``(spotlight, channel, map_y, map_x)`` float32 maps of ``layer`` at ``epoch``."""
+        return self._cached(("maps", layer, epoch), lambda: store.feature_maps(self.ds, layer).sel(epoch=epoch).values)
+
+    def weights(self, layer: str, epoch: int) -> np.ndarray:
+        """``(out, in, ky, kx)`` float32 weights of ``layer`` at ``epoch``."""
+        return self._cached(("weights", layer, epoch), lambda: store.weights(self.ds, layer).sel(epoch=epoch).values)
+
+    def weight_kind(self, layer: str) -> str:
+        return store.weight_kind(self.ds, layer)
+
+    def weight_range(self, layer: str) -> float:
+        """The largest ``|w|`` of ``layer`` over every recorded epoch: one symmetric colour scale for all."""
+        return self._cached(("weight-range", layer),
+                            lambda: float(abs(store.weights(self.ds, layer)).max().values))
+
+    def boundary(self, epoch: int) -> np.ndarray | None:
+        """Class probabilities ``(grid_y, grid_x, class)`` over the 2-D input grid at ``epoch``, or None."""
+        grid = store.boundary(self.ds)
+        return None if grid is None else self._cached(("boundary", epoch), lambda: grid.sel(epoch=epoch).values)
+
+    @property
+    def boundary_grid(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The grid's ``(xs, ys)`` in input units, or None."""
+        return None if "grid_x" not in self.ds.coords else (self.ds["grid_x"].values, self.ds["grid_y"].values)
+
+    @property
+    def inputs(self) -> np.ndarray | None:
+        """The probe's input features ``(sample, input_unit)`` (PCA-compressed when wide), or None."""
+        features = store.input_features(self.ds)
+        return None if features is None else self._cached(("inputs",), lambda: features.values)
 
     def _cached(self, key: tuple, read):
         with self._arrays_lock:
