@@ -10,7 +10,9 @@ everything around them (parameters, caching, storage, parallelism, quality figur
 last epoch of a stored embedding when the run has grown since -- so that only the new epochs are
 computed. ``anchored-umap`` starts the first new epoch from the stored layout and compares its
 neighbour sets with the stored epoch's (recomputed from its activations), exactly as its loop does
-from one epoch to the next; ``umap`` and ``pca`` rotate the first new layout onto the stored one.
+from one epoch to the next; ``tsne`` starts the first new epoch from the stored layout, as it
+starts every epoch from the one before; ``umap`` and ``pca`` rotate the first new layout onto the
+stored one.
 With exact neighbour search (up to :data:`EXACT_KNN_MAX` samples) the result equals a reduction
 of all epochs at once, bit for bit; above it NN-descent's start differs, so the new epochs may
 differ a little. ``aligned-umap`` optimises all epochs jointly and cannot carry on: it ignores
@@ -62,7 +64,8 @@ numba kernels release the GIL), so one layer keeps both cores of a small machine
 relations over the probe (the reference). ``umap`` runs umap-learn's ``UMAP`` (cuML's when
 installed) on each epoch independently and rotates each layout onto the previous one
 (orthogonal Procrustes). ``pca`` is the first two principal components of each epoch, aligned
-the same way.
+the same way. ``tsne`` is openTSNE on each epoch, every epoch started from the previous epoch's
+layout (see :func:`tsne_per_epoch`).
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ WARM_PASSES_MAX = 100
 WARM_ALPHA = 0.5
 ANCHOR_STRENGTH = 1.0
 SPREAD = 1.0
+TSNE_WARM_ITERS = 250
 
 OnEpoch = Callable[[int, np.ndarray], None]
 ShouldStop = Callable[[], bool]
@@ -442,6 +446,14 @@ def _procrustes_onto(previous: np.ndarray, current: np.ndarray) -> np.ndarray:
     return ((current - c_mean) @ rotation + p_mean).astype(np.float32)
 
 
+def _finite_epochs(activations, should_stop: ShouldStop):
+    """Each epoch's position, activations and rows of finite samples, raising :class:`Stopped` when asked."""
+    for epoch, x in enumerate(activations):
+        if should_stop():
+            raise Stopped
+        yield epoch, x, np.flatnonzero(np.isfinite(x).all(axis=1))
+
+
 def umap_per_epoch(activations, n_neighbors, min_dist, seed, on_epoch=_ignore, should_stop=_never, after=None):
     """Independent UMAP per epoch (cuML's when installed), Procrustes-aligned to the epoch before.
 
@@ -453,10 +465,7 @@ def umap_per_epoch(activations, n_neighbors, min_dist, seed, on_epoch=_ignore, s
     n_epochs, n_samples = activations.shape[:2]
     out = np.full((n_epochs, n_samples, 2), np.nan, dtype=np.float32)
     previous = None if after is None else after.layout
-    for epoch, x in enumerate(activations):
-        if should_stop():
-            raise Stopped
-        r = np.flatnonzero(np.isfinite(x).all(axis=1))
+    for epoch, x, r in _finite_epochs(activations, should_stop):
         if len(r) > n_neighbors:
             data = pre_embed(x[r], seed)
             if cuml is not None:
@@ -481,10 +490,7 @@ def pca_per_epoch(activations, n_neighbors, min_dist, seed, on_epoch=_ignore, sh
     n_epochs, n_samples = activations.shape[:2]
     out = np.full((n_epochs, n_samples, 2), np.nan, dtype=np.float32)
     previous = None if after is None else after.layout
-    for epoch, x in enumerate(activations):
-        if should_stop():
-            raise Stopped
-        r = np.flatnonzero(np.isfinite(x).all(axis=1))
+    for epoch, x, r in _finite_epochs(activations, should_stop):
         if len(r) >= 3 and x.shape[1] >= 2:
             out[epoch, r] = PCA(n_components=2, random_state=seed).fit_transform(x[r]).astype(np.float32)
             if previous is not None:
@@ -494,11 +500,69 @@ def pca_per_epoch(activations, n_neighbors, min_dist, seed, on_epoch=_ignore, sh
     return out, "scikit-learn"
 
 
+def tsne_per_epoch(activations, n_neighbors, min_dist, seed, on_epoch=_ignore, should_stop=_never, after=None):
+    """openTSNE per epoch, each epoch started from the layout of the epoch before (aligned by initialisation).
+
+    The first epoch is an ordinary openTSNE fit (PCA initialisation, early exaggeration, then
+    the normal phase). Every later epoch -- and with ``after`` the first new one, from
+    ``after.layout``, so stored frames never move -- starts each sample where the previous layout
+    put it (samples not placed there start at the mean of their placed neighbours) and runs
+    :data:`TSNE_WARM_ITERS` iterations without exaggeration, which keeps the picture in place
+    unless the neighbourhoods changed. No rotation is applied afterwards: the start is the alignment.
+
+    The affinities use the k-nearest-neighbour graph of the PCA pre-embedding, found as for the
+    other methods (:func:`nearest_neighbours`), with ``k = n_neighbors`` and ``perplexity =
+    n_neighbors / 3``: openTSNE reads ``3 * perplexity`` neighbours, so UMAP and t-SNE see the
+    same neighbourhood (the default ``n_neighbors=15`` gives perplexity 5, a local picture;
+    raise ``n_neighbors`` for a more global one). ``min_dist`` is a UMAP setting and is ignored.
+    ``n_jobs=1``: layers already run in parallel worker processes and trustworthiness on a helper
+    thread, so more threads here would only compete with them for the cores. Equal parameters
+    give bit-for-bit equal layouts, as the cache assumes (``tests/test_tsne.py`` checks it with
+    openTSNE's Barnes-Hut gradient, which it uses below 10,000 points; FFT above).
+    """
+    from openTSNE import TSNE, TSNEEmbedding
+    from openTSNE.affinity import PerplexityBasedNN
+    from openTSNE.nearest_neighbors import PrecomputedNeighbors
+
+    n_epochs, n_samples = activations.shape[:2]
+    out = np.full((n_epochs, n_samples, 2), np.nan, dtype=np.float32)
+    previous = None if after is None else after.layout
+    first = 0 if after is None else after.index + 1  # position of activations[0] among the run's epochs
+
+    def interrupt(*_) -> bool:  # an openTSNE callback: answering true ends the optimisation
+        return should_stop()
+
+    for epoch, x, r in _finite_epochs(activations, should_stop):
+        if len(r) > n_neighbors:
+            data = pre_embed(x[r], seed)
+            indices, dists = nearest_neighbours(data, n_neighbors + 1, seed + first + epoch)
+            affinities = PerplexityBasedNN(perplexity=n_neighbors / 3, n_jobs=1,
+                                           knn_index=PrecomputedNeighbors(indices[:, 1:], dists[:, 1:]))
+            options = {"n_jobs": 1, "random_state": seed + first + epoch, "callbacks": interrupt,
+                       "callbacks_every_iters": 25}
+            known = np.zeros(len(r), bool) if previous is None else np.isfinite(previous[r]).all(axis=1)
+            if known.any():
+                start = np.empty((len(r), 2), dtype=np.float32)
+                start[known] = previous[r[known]]
+                _place_newcomers(start, known, indices, seed + first + epoch)
+                layout = TSNEEmbedding(start.astype(np.float64), affinities, **options).optimize(TSNE_WARM_ITERS)
+            else:
+                init = "pca" if data.shape[1] >= 2 else "spectral"
+                layout = TSNE(initialization=init, **options).fit(data, affinities=affinities)
+            if should_stop():
+                raise Stopped
+            out[epoch, r] = np.asarray(layout, dtype=np.float32)
+        previous = out[epoch]
+        on_epoch(epoch, out[epoch])
+    return out, "openTSNE"
+
+
 # Keyed by ReduceParams.METHODS (tests/test_reduce.py keeps the two in step).
 METHODS: dict[str, Callable] = {
     "anchored-umap": anchored_umap,
     "aligned-umap": aligned_umap,
     "umap": umap_per_epoch,
     "pca": pca_per_epoch,
+    "tsne": tsne_per_epoch,
 }
 DEFAULT_METHOD = ReduceParams.DEFAULT.method

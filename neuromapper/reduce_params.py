@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 
 __all__ = ["KEY_LENGTH", "METHODS", "REDUCE_VERSION", "ReduceParams", "check_integer"]
 
-METHODS = ("anchored-umap", "aligned-umap", "umap", "pca")
+METHODS = ("anchored-umap", "aligned-umap", "umap", "pca", "tsne")
 """The reduction methods, the default first (see :mod:`neuromapper.methods`)."""
 REDUCE_VERSION = 1
 KEY_LENGTH = 16
@@ -70,9 +70,11 @@ class ReduceParams:
         One of :attr:`METHODS`; ``None`` stands for the default, ``"anchored-umap"``.
     n_neighbors
         UMAP's neighbourhood size, within ``BOUNDS["n_neighbors"]`` (and below the number of
-        samples embedded, which :func:`neuromapper.reduce` checks against the run).
+        samples embedded, which :func:`neuromapper.reduce` checks against the run); ``tsne``
+        uses as many neighbours, with perplexity ``n_neighbors / 3``.
     min_dist
-        UMAP's minimum distance, within ``BOUNDS["min_dist"]``; rounded to six decimals.
+        UMAP's minimum distance, within ``BOUNDS["min_dist"]``; rounded to six decimals
+        (``pca`` and ``tsne`` ignore it).
     per_class
         Embed only this many samples of each class (stratified, seeded); ``None`` for all.
     seed
@@ -101,6 +103,10 @@ class ReduceParams:
     layers: tuple[str, ...] | None = None
 
     METHODS: ClassVar[tuple[str, ...]] = METHODS
+    LABELS: ClassVar[Mapping[str, str]] = MappingProxyType({
+        "anchored-umap": "anchored UMAP", "aligned-umap": "AlignedUMAP (umap-learn)", "umap": "UMAP per epoch",
+        "pca": "PCA", "tsne": "t-SNE (openTSNE)"})
+    """A name for people to read, per method (a selector's ``{label: method}``)."""
     BOUNDS: ClassVar[Mapping[str, tuple]] = MappingProxyType({"n_neighbors": (2, 200), "min_dist": (0.0, 0.99)})
     MIN_DIST_STEP: ClassVar[float] = 0.05
     DEFAULT: ClassVar[ReduceParams]

@@ -409,7 +409,8 @@ def test_module_is_callable_and_importable():
     assert reduction is neuromapper.reduce and callable(reduction)
     assert reduction.find_embedding is neuromapper.find_embedding is store.find_embedding
     assert reduction.ReductionCancelled is neuromapper.ReductionCancelled
-    assert tuple(M.METHODS) == ReduceParams.METHODS == reduction.METHODS == ("anchored-umap", "aligned-umap", "umap", "pca")
+    assert tuple(M.METHODS) == ReduceParams.METHODS == reduction.METHODS
+    assert ReduceParams.METHODS == ("anchored-umap", "aligned-umap", "umap", "pca", "tsne")
     assert M.DEFAULT_METHOD == reduction.DEFAULT_METHOD == ReduceParams.DEFAULT.method
 
 
@@ -446,7 +447,7 @@ def test_params_are_canonical_bounded_and_keyed():
         ({"min_dist": True}, r"min_dist: .* got True"),
         ({"per_class": 0}, r"per_class: expected an integer >= 1, got 0"),
         ({"seed": -1}, r"seed: expected an integer >= 0, got -1"),
-        ({"method": "tsne"}, r"method: expected one of \['anchored-umap', 'aligned-umap', 'umap', 'pca'\]"),
+        ({"method": "t-sne"}, r"method: expected one of \['anchored-umap', 'aligned-umap', 'umap', 'pca', 'tsne'\]"),
         ({"layers": []}, r"layers: expected None \(all\) or layer names, got \[\]"),
     ],
 )
@@ -487,8 +488,8 @@ def test_clear_errors(drift_run):
         neuromapper.reduce(drift_run, n_neighbors=15, per_class=2)
     with pytest.raises(RunError, match=r"layers: \['fc9'\] not recorded in this run; recorded layers: \['layer0', 'layer1'\]"):
         neuromapper.reduce(drift_run, layers=["layer0", "fc9"])
-    with pytest.raises(ValueError, match=r"method: expected one of \['anchored-umap', 'aligned-umap', 'umap', 'pca'\]"):
-        neuromapper.reduce(drift_run, method="tsne")
+    with pytest.raises(ValueError, match=r"method: expected one of \['anchored-umap', 'aligned-umap', 'umap', 'pca', 'tsne'\]"):
+        neuromapper.reduce(drift_run, method="t-sne")
     with pytest.raises(ValueError, match="min_dist: expected a number from 0.0 to 0.99, got -0.5"):
         neuromapper.reduce(drift_run, min_dist=-0.5)
     with pytest.raises(ValueError, match="n_neighbors: expected an integer from 2 to 200, got 1.5"):
