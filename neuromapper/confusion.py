@@ -14,9 +14,11 @@ Chord geometry (hard to undo, so the reasons are here):
 * **Fractional weights**: a ribbon's width is the share of the true class's probe samples
   predicted as the other class, so a class of 30 samples and one of 3,000 compare.
 * A ribbon leaves the **first half** of its true class's arc and lands on the **second half** of
-  the predicted class's arc, both ends equally wide. One scale serves every ribbon, chosen so
-  that the busiest half-arc is just full (an untrained network that calls everything a "3"
-  sends nine ribbons to the 3's arc).
+  the predicted class's arc, both ends equally wide. One scale serves every ribbon at an epoch,
+  chosen so that the busiest half-arc is just full: a trained network's errors are a few percent
+  of a class and would be hairlines on an absolute scale, and an untrained one that calls
+  everything a "3" sends nine ribbons to the 3's arc. Widths compare within an epoch; the
+  counts and shares are in each ribbon's hover.
 """
 
 from __future__ import annotations
@@ -98,8 +100,8 @@ def chord(fractions: np.ndarray, classes) -> Chord:
     half = arc_len / 2
     sub = fractions[np.ix_(classes, classes)].astype(np.float64).copy()
     np.fill_diagonal(sub, 0.0)
-    busiest = max(1.0, float(sub.sum(axis=1).max(initial=0)), float(sub.sum(axis=0).max(initial=0)))
-    scale = half / busiest  # radians per unit of fraction
+    busiest = max(float(sub.sum(axis=1).max(initial=0)), float(sub.sum(axis=0).max(initial=0)))
+    scale = half / busiest if busiest > 0 else 1.0  # radians per unit of fraction
     arcs, centers, angles = [], [], []
     for i in range(n):
         a0, a1 = starts[i], starts[i] - arc_len
@@ -188,13 +190,14 @@ class Rects:
         return (int(self.true[hit[0]]), int(self.predicted[hit[0]])) if len(hit) else None
 
 
-def stacked_bars(matrix: np.ndarray, classes, width: float = 0.8) -> Rects:
-    """Per true class (one bar at x = its position in ``classes``): correct count at the bottom, then
-    each wrong prediction (every predicted class, shown or hidden) stacked in class order."""
+def stacked_bars(matrix: np.ndarray, classes, width: float = 0.8, correct: bool = True) -> Rects:
+    """Per true class (one bar at x = its position in ``classes``): correct count at the bottom (unless
+    ``correct`` is false), then each wrong prediction (every predicted class, shown or hidden) stacked
+    in class order."""
     columns: dict[str, list] = {k: [] for k in ("x0", "y0", "x1", "y1", "true", "predicted", "count")}
     for position, true in enumerate(classes):
         row = matrix[true]
-        order = [true, *[p for p in range(len(row)) if p != true]]
+        order = [true] * correct + [p for p in range(len(row)) if p != true]
         bottom = 0
         for predicted in order:
             count = int(row[predicted])

@@ -271,28 +271,41 @@ def exploration_options(title: str, x_range, y_range) -> dict:
 CONFUSION_HOVER = [("", "@true → @predicted"), ("samples", "@count of @total (@share{0.0%})")]
 
 
-def chord_diagram(arcs: list[dict], ribbons: list[dict], labels: dict, size: int = 460) -> hv.Overlay:
+def chord_diagram(arcs: list[dict], ribbons: list[dict], labels: dict) -> hv.Overlay:
     """Class arcs, error ribbons (true → predicted) and class names on a radius-1 circle.
 
-    ``arcs``: dicts with x, y (closed outline), name, accuracy, color; ``ribbons``: x, y, true,
-    predicted, count, total, share, color; ``labels``: columns x, y, text.
+    The three parts are separate builders so that a view can keep each in a DynamicMap of its
+    own (a ``Tap`` stream attaches to a DynamicMap of one element, not to one of an overlay).
     """
-    arc_vdims = ["name", "accuracy", "color"]
-    ribbon_vdims = ["true", "predicted", "count", "total", "share", "color"]
+    return (chord_arcs(arcs) * chord_ribbons(ribbons) * chord_labels(labels)).opts(**chord_options())
+
+
+def chord_arcs(arcs: list[dict]) -> hv.Polygons:
+    """One arc per class: dicts with x, y (closed outline), name, accuracy (share correct), color."""
+    return hv.Polygons(arcs, vdims=["name", "accuracy", "color"]).opts(
+        color="color", line_width=0, tools=["hover"], hover_tooltips=[("class", "@name"), ("correct", "@accuracy{0.0%}")])
+
+
+def chord_ribbons(ribbons: list[dict]) -> hv.Polygons:
+    """One ribbon per error pair: dicts with x, y, true, predicted, count, total, share, color."""
     if not ribbons:  # HoloViews cannot colour an empty Polygons by a column: an invisible one stands in
         ribbons = [{"x": [np.nan], "y": [np.nan], "true": "", "predicted": "", "count": 0, "total": 0,
                     "share": 0.0, "color": "#ffffff"}]
-    arc_shapes = hv.Polygons(arcs, vdims=arc_vdims).opts(
-        color="color", line_width=0, tools=["hover"], hover_tooltips=[("class", "@name"), ("correct", "@accuracy{0.0%}")])
-    ribbon_shapes = hv.Polygons(ribbons, vdims=ribbon_vdims).opts(
+    return hv.Polygons(ribbons, vdims=["true", "predicted", "count", "total", "share", "color"]).opts(
         color="color", alpha=0.6, line_color="white", line_width=0.5, hover_alpha=0.95,
-        nonselection_alpha=0.6, selection_alpha=0.6, tools=["hover"], hover_tooltips=CONFUSION_HOVER)
-    names = hv.Labels(labels, kdims=["x", "y"], vdims=["text"]).opts(text_font_size="10pt", text_color="#333")
+        nonselection_alpha=0.6, selection_alpha=0.6, tools=["hover", "tap"], hover_tooltips=CONFUSION_HOVER)
+
+
+def chord_labels(labels: dict) -> hv.Labels:
+    """Class names outside the arcs: columns x, y, text (drawn as canvas text)."""
+    return hv.Labels(labels, kdims=["x", "y"], vdims=["text"]).opts(text_font_size="10pt", text_color="#333")
+
+
+def chord_options(size: int = 460) -> dict:
     limit = 1.55
-    return (arc_shapes * ribbon_shapes * names).opts(
-        width=size, height=size, xlim=(-limit, limit), ylim=(-limit, limit), xaxis=None, yaxis=None,
-        tools=["tap"], default_tools=["reset"], toolbar="above", show_frame=False, bgcolor="white",
-        title="errors: true → predicted class", backend_opts=CANVAS)
+    return dict(width=size, height=size, xlim=(-limit, limit), ylim=(-limit, limit), xaxis=None, yaxis=None,
+                default_tools=["reset"], toolbar="above", show_frame=False, bgcolor="white",
+                title="errors: true → predicted class", backend_opts=CANVAS)
 
 
 def confusion_bars(rects: dict, ticks: list[tuple[int, str]], height: int = 300) -> hv.Rectangles:

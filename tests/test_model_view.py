@@ -77,6 +77,9 @@ def test_bars_stack_correct_first_then_each_wrong_prediction():
     assert list(zip(bars.true, bars.predicted, bars.count)) == [(0, 0, 8), (0, 1, 2), (2, 0, 1)]
     np.testing.assert_array_equal(bars.y1 - bars.y0, bars.count)
     assert bars.pair_at(0.0, 9.0) == (0, 1) and bars.pair_at(1.0, 0.5) == (2, 0) and bars.pair_at(1.0, 3) is None
+    wrong = confusion.stacked_bars(matrix, [0, 1, 2], correct=False)
+    assert list(zip(wrong.true, wrong.predicted, wrong.count)) == [(0, 1, 2), (1, 2, 5), (2, 0, 1)]
+    assert wrong.y0.tolist() == [0, 0, 0]
 
 
 # -- the painter on a recorded run ---------------------------------------------------------------------------
@@ -94,7 +97,7 @@ def test_chord_and_bars_count_what_sklearn_counts_at_every_epoch(painter, state)
         assert {(names.index(r["true"]), names.index(r["predicted"])): r["count"] for r in ribbons} == off
         for r in ribbons:
             assert r["share"] == pytest.approx(r["count"] / totals[names.index(r["true"])])
-        bars = painter.bars()
+        bars = painter.bar_rects()
         per_class = np.bincount(bars.true, weights=bars.count, minlength=10)
         np.testing.assert_array_equal(per_class, totals)  # each bar sums to its class's probe samples
         np.testing.assert_array_equal(np.bincount(run.labels, minlength=10), totals)
@@ -124,7 +127,7 @@ def test_a_click_on_a_ribbon_selects_exactly_that_pairs_samples(painter, state):
 def test_clicks_on_bar_segments_and_heatmap_cells_select_their_pairs(painter, state):
     run = state.run
     state.epoch = run.epochs[1]
-    bars = painter.bars()
+    bars = painter.bar_rects()
     for k in range(len(bars.true)):
         x, y = (bars.x0[k] + bars.x1[k]) / 2, (bars.y0[k] + bars.y1[k]) / 2
         painter.select_at(BARS, x, y)
@@ -146,7 +149,7 @@ def test_hidden_classes_leave_the_charts_but_bars_still_count_every_prediction(p
     assert painter.visible() == [1, 3]
     assert all({t, p} <= {1, 3} for t, p in painter.chord().pairs)
     assert len(painter.chord().arcs) == 2
-    bars = painter.bars()
+    bars = painter.bar_rects()
     assert set(bars.true) <= {1, 3}
     np.testing.assert_array_equal([bars.count[bars.true == c].sum() for c in (1, 3)],
                                   [(run.labels == c).sum() for c in (1, 3)])
@@ -195,7 +198,7 @@ def test_the_view_follows_the_player_and_a_tap_selects(state):
         assert view._tick.counter == ticks + (epoch != state.run.epochs[0])  # a step refreshes the charts
         ribbons[epoch] = [(r["true"], r["predicted"], r["count"]) for r in chord_pane.object[()].Polygons.II.data]
         bars = bars_pane.object[()]
-        assert list(bars.dimension_values("count")) == list(view.painter.bars().count)
+        assert list(bars.dimension_values("count")) == list(view.painter.bar_rects().count)
     assert ribbons[state.run.epochs[0]] != ribbons[state.run.epochs[-1]]
     # a Tap as Bokeh sends it: the stream's subscriber runs the path a browser click takes
     state.epoch = state.run.epochs[0]

@@ -23,7 +23,7 @@ import holoviews.plotting.bokeh  # noqa: F401 - registers the Bokeh backend for 
 import panel as pn
 
 from .. import plots
-from .model_painter import BARS, CHORD, ModelPainter
+from .model_painter import BARS, CHORD, HEATMAP, ModelPainter
 from .state import SessionState
 
 
@@ -37,33 +37,44 @@ class ModelView(pn.viewable.Viewer):
         self._tick = hv.streams.Counter()
         self.taps: dict[str, hv.streams.Tap] = {}  # the charts' click streams, by chart kind
         state.param.watch(self._refresh, ["epoch", "classes", "run"])
+        self.painter.param.watch(self._refresh, ["bars"])
         self._errors = pn.Row(self._errors_pane(), self._bars_pane(), sizing_mode="stretch_width",
                               css_classes=["nm-model-errors"])
 
     # -- the confusion charts -------------------------------------------------------------------------
 
-    def _errors_element(self, **_):
+    def _heatmap_element(self, **_):
         painter = self.painter
-        if painter.kind == CHORD:
-            return plots.chord_diagram(*painter.chord_data())
         return plots.confusion_heatmap(painter.rect_data(painter.heatmap()), painter.ticks(), painter.ticks(reverse=True))
+
+    def _chord_part(self, part: int, builder, **_):
+        return builder(self.painter.chord_data()[part])
 
     def _bars_element(self, **_):
         painter = self.painter
-        return plots.confusion_bars(painter.rect_data(painter.bars()), painter.ticks())
+        return plots.confusion_bars(painter.rect_data(painter.bar_rects()), painter.ticks())
 
-    def _chart(self, element, kind: str, css: str) -> pn.pane.HoloViews:
-        dmap = hv.DynamicMap(hv.core.spaces.Callable(element, memoize=False), streams=[self._tick])
+    def _dynamic(self, element) -> hv.DynamicMap:
+        return hv.DynamicMap(hv.core.spaces.Callable(element, memoize=False), streams=[self._tick])
+
+    def _clickable(self, dmap: hv.DynamicMap, kind: str) -> hv.DynamicMap:
         self.taps[kind] = hv.streams.Tap(source=dmap)
         self.taps[kind].add_subscriber(partial(self._on_tap, kind))
-        return pn.pane.HoloViews(dmap, css_classes=[css], linked_axes=False,
-                                 sizing_mode="stretch_width" if kind == BARS else "fixed")
+        return dmap
 
     def _errors_pane(self) -> pn.pane.HoloViews:
-        return self._chart(self._errors_element, self.painter.kind, "nm-chord")
+        if self.painter.kind == CHORD:
+            arcs, ribbons, labels = (self._dynamic(partial(self._chord_part, i, builder)) for i, builder in
+                                     enumerate((plots.chord_arcs, plots.chord_ribbons, plots.chord_labels)))
+            chart = (arcs * self._clickable(ribbons, CHORD) * labels).opts(**plots.chord_options())
+        else:
+            chart = self._clickable(self._dynamic(self._heatmap_element), HEATMAP)
+        return pn.pane.HoloViews(chart, css_classes=["nm-chord"], linked_axes=False)
 
     def _bars_pane(self) -> pn.pane.HoloViews:
-        return self._chart(self._bars_element, BARS, "nm-confusion-bars")
+        chart = self._clickable(self._dynamic(self._bars_element), BARS)
+        return pn.pane.HoloViews(chart, css_classes=["nm-confusion-bars"], linked_axes=False,
+                                 sizing_mode="stretch_width")
 
     def _refresh(self, *_) -> None:
         if int(self.state.epoch) in self.state.run.epochs:
@@ -81,8 +92,10 @@ class ModelView(pn.viewable.Viewer):
 
     # -- the page -------------------------------------------------------------------------------------
     def controls(self) -> pn.Column:
-        """This page's sidebar part: the feature maps' colour scale."""
+        """This page's sidebar part: what the bars stack, the feature maps' colour scale."""
         return pn.Column(
+            pn.pane.Markdown("**per-class bars** stack", margin=(6, 10, 0, 10)),
+            pn.widgets.RadioButtonGroup.from_param(self.painter.param.bars, color="light"),
             pn.pane.Markdown("**feature maps** colour scale", margin=(6, 10, 0, 10)),
             pn.widgets.RadioButtonGroup.from_param(self.painter.param.map_scale, color="light"),
             sizing_mode="stretch_width",

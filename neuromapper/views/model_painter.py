@@ -53,6 +53,8 @@ def short(name: str, limit: int = LABEL_CHARS) -> str:
 class ModelPainter(param.Parameterized):
     """The Model page's options and pictures (see the module docstring)."""
 
+    bars = param.Selector(default="correct and wrong", objects=["correct and wrong", "wrong only"],
+                          doc="What the per-class bars stack (wrong only: the errors, on their own scale).")
     map_scale = param.Selector(default="shared", objects=["shared", "per channel"],
                                doc="Feature map colours: one scale per layer, or each channel its own.")
     channel = param.Tuple(default=None, allow_None=True, length=2,
@@ -63,6 +65,7 @@ class ModelPainter(param.Parameterized):
         self.state = state
         self._matrices: dict[tuple[int, int], np.ndarray] = {}
         self._picked: tuple[int, int, int, int] | None = None  # (true, predicted, epoch, selection_version)
+        self._chord_cache: tuple | None = None
         state.param.watch(self._run_changed, ["run"])
 
     @property
@@ -114,7 +117,14 @@ class ModelPainter(param.Parameterized):
         return confusion.chord(confusion.row_fractions(self.matrix()), self.visible())
 
     def chord_data(self) -> tuple[list[dict], list[dict], dict]:
-        """``(arcs, ribbons, labels)`` of :func:`plots.chord_diagram` at the current epoch."""
+        """``(arcs, ribbons, labels)`` of :func:`plots.chord_diagram` at the current epoch (kept for the
+        three parts a view draws separately)."""
+        key = (id(self.run), self.epoch_index, tuple(self.visible()))
+        if self._chord_cache is None or self._chord_cache[0] != key:
+            self._chord_cache = (key, self._chord_data())
+        return self._chord_cache[1]
+
+    def _chord_data(self) -> tuple[list[dict], list[dict], dict]:
         matrix, names = self.matrix(), self.run.class_names
         totals = matrix.sum(axis=1)
         shape = self.chord()
@@ -134,8 +144,8 @@ class ModelPainter(param.Parameterized):
         return {"true": names[true], "predicted": names[predicted], "count": count, "total": total,
                 "share": count / total if total else 0.0}
 
-    def bars(self) -> confusion.Rects:
-        return confusion.stacked_bars(self.matrix(), self.visible())
+    def bar_rects(self) -> confusion.Rects:
+        return confusion.stacked_bars(self.matrix(), self.visible(), correct=self.bars == "correct and wrong")
 
     def heatmap(self) -> confusion.Rects:
         return confusion.heatmap_cells(self.matrix(), self.visible())
@@ -150,6 +160,7 @@ class ModelPainter(param.Parameterized):
                 "true": [names[t] for t in rects.true], "predicted": [names[p] for p in rects.predicted],
                 "count": rects.count, "total": total, "share": share,
                 "color": [self.palette[p] for p in rects.predicted],
+                "alpha": np.where(rects.true == rects.predicted, 1.0, 0.55),
                 "level": np.where(rects.true == rects.predicted, np.nan, share)}
 
     def ticks(self, reverse: bool = False) -> list[tuple[int, str]]:
@@ -168,7 +179,7 @@ class ModelPainter(param.Parameterized):
         if kind == HEATMAP:
             return self.heatmap().pair_at(x, y)
         if kind == BARS:
-            return self.bars().pair_at(x, y)
+            return self.bar_rects().pair_at(x, y)
         raise ValueError(f"kind: expected {CHORD!r}, {HEATMAP!r} or {BARS!r}, got {kind!r}")
 
     def pair_samples(self, true: int, predicted: int) -> np.ndarray:
@@ -183,8 +194,15 @@ class ModelPainter(param.Parameterized):
         return pair
 
     def select_pair(self, true: int, predicted: int) -> None:
+        # noted first: views bound to the selection redraw (and read it) while the selection is set
+        self._picked = (int(true), int(predicted), int(self.state.epoch), self.state.selection_version + 1)
         self.state.select(self.pair_samples(true, predicted))
-        self._picked = (int(true), int(predicted), int(self.state.epoch), self.state.selection_version)
+
+    def _how_to_read(self) -> str:
+        if self.kind == HEATMAP:
+            return "A cell is the share of its true class (row) predicted as its column's class."
+        return ("A ribbon leaves its true class's arc from the arc's first half (clockwise) and lands on the second "
+                "half of the predicted class's; its width is the share of the true class, the busiest arc full.")
 
     # -- words -------------------------------------------------------------------------------------------
     def summary_html(self) -> str:
@@ -198,8 +216,8 @@ class ModelPainter(param.Parameterized):
         shown = f" of the {len(visible)} visible classes" if hidden else ""
         share = f" ({errors / n:.1%})" if n else ""
         parts = [f"epoch <b>{int(self.state.epoch)}</b>: <b>{errors:,}</b> of {n:,} probe samples{shown} "
-                 f"misclassified{share}. Click a {'cell' if self.kind == HEATMAP else 'ribbon'} or a bar segment "
-                 f"to select its samples (they light up on the Embeddings page)."]
+                 f"misclassified{share}. {self._how_to_read()} Click a {'cell' if self.kind == HEATMAP else 'ribbon'} "
+                 f"or a bar segment to select its samples (they light up on the Embeddings page)."]
         picked = self._picked
         if picked is not None and self.state.selection is not None and picked[3] == self.state.selection_version:
             t, p, epoch, _ = picked  # shown while the selection is still the one this page made
