@@ -337,3 +337,19 @@ def confusion_heatmap(rects: dict, xticks: list[tuple[int, str]], yticks: list[t
         xlim=(-0.5, n - 0.5), ylim=(-0.5, n - 0.5), xticks=xticks, yticks=yticks, xrotation=90,
         xlabel="predicted", ylabel="true", bgcolor="white", framewise=True, clabel="share of the true class",
         title="errors: share of the true class per predicted class", backend_opts=CANVAS)
+
+
+def tile_grid(rgba: np.ndarray, title: str, px: int = 0) -> hv.RGB:
+    """A grid of small images (feature maps, kernels) in grid pixels, y up; ``px`` screen pixels per
+    grid pixel (0: about 260 px across). ``title`` is data: Bokeh draws titles as canvas text."""
+    height, width = rgba.shape[:2]
+    px = px or max(2, min(24, 260 // max(width, height)))
+    return hv.RGB(rgba, bounds=(0, 0, width, height), kdims=["x", "y"]).opts(
+        title=title, frame_width=width * px, frame_height=height * px, xaxis=None, yaxis=None,
+        tools=["tap"], default_tools=[], toolbar=None, bgcolor="white", framewise=False, backend_opts=CANVAS)
+
+
+def tile_grid_source(rgba: np.ndarray) -> dict:
+    """The Bokeh source data of :func:`tile_grid` (for pushing new pixels of the same size)."""
+    height, width = rgba.shape[:2]
+    return _image_source(rgba, 0, width, 0, height)
