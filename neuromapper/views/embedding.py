@@ -34,7 +34,8 @@ PER_CLASS = {"all": None, "25": 25, "50": 50, "100": 100, "200": 200, "500": 500
 class EmbeddingView(pn.viewable.Viewer):
     """Aligned embeddings per layer, epoch by epoch (see the module docstring)."""
 
-    method = param.Selector(default=ReduceParams.DEFAULT.method, objects=list(ReduceParams.METHODS))
+    method = param.Selector(default=ReduceParams.DEFAULT.method,
+                            objects={ReduceParams.LABELS[m]: m for m in ReduceParams.METHODS})
     n_neighbors = param.Integer(default=ReduceParams.DEFAULT.n_neighbors, bounds=ReduceParams.BOUNDS["n_neighbors"])
     min_dist = param.Number(default=ReduceParams.DEFAULT.min_dist, bounds=ReduceParams.BOUNDS["min_dist"],
                             step=ReduceParams.MIN_DIST_STEP)
@@ -193,6 +194,7 @@ class EmbeddingView(pn.viewable.Viewer):
     def controls(self) -> pn.Column:
         """This page's sidebar part: layers, colour, filters, trajectories, embedding parameters."""
         for_pca = pn.bind(lambda method: method == "pca", self.param.method)  # PCA has no such parameters
+        no_min_dist = pn.bind(lambda method: method in ("pca", "tsne"), self.param.method)  # a UMAP parameter
 
         def heading(text: str) -> pn.pane.Markdown:
             return pn.pane.Markdown(text, margin=(6, 10, 0, 10))
@@ -209,7 +211,7 @@ class EmbeddingView(pn.viewable.Viewer):
             heading("**embedding** · recomputed in the background when changed, cached"),
             pn.widgets.Select.from_param(self.param.method),
             pn.widgets.IntSlider.from_param(self.param.n_neighbors, throttled=True, disabled=for_pca),
-            pn.widgets.FloatSlider.from_param(self.param.min_dist, throttled=True, disabled=for_pca),
+            pn.widgets.FloatSlider.from_param(self.param.min_dist, throttled=True, disabled=no_min_dist),
             pn.widgets.Select.from_param(self.param.per_class, label="samples per class"),
             self._progress_bar(),
             pn.pane.HTML(pn.bind(_escaped, self.state.param.status), css_classes=["nm-status"],

@@ -238,9 +238,12 @@ class SessionState(param.Parameterized):
 
 
 def _describe_job(params: ReduceParams) -> str:
+    label = ReduceParams.LABELS[params.method]
     if params.method == "pca":
-        return "computing pca…"
-    return f"computing {params.method} (n_neighbors={params.n_neighbors}, min_dist={params.min_dist})…"
+        return f"computing {label}…"
+    if params.method == "tsne":  # min_dist is a UMAP parameter
+        return f"computing {label} (n_neighbors={params.n_neighbors})…"
+    return f"computing {label} (n_neighbors={params.n_neighbors}, min_dist={params.min_dist})…"
 
 
 def _position(epochs: list[int], epoch: int) -> int:
