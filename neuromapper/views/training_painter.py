@@ -163,6 +163,7 @@ class TrainingPainter(param.Parameterized):
         self._bounds: dict[tuple, tuple] = {}
         self._listening: InputTSNE | None = None
         self._job_token: int | None = None
+        self._class_names: list[str] | None = None
         state.param.watch(self._run_changed, "run")
         self._run_changed()
 
@@ -180,11 +181,12 @@ class TrainingPainter(param.Parameterized):
         self.param.boundary_class.objects = {ALL_CLASSES: ALL_CLASSES, **{name: i for i, name in enumerate(names)}}
         explore = ([INPUT] if getattr(run, "inputs", None) is not None else []) + list(run.layers)
         self.param.explore_layer.objects = explore
-        default_class = 1 if len(names) == 2 else ALL_CLASSES
+        same_classes = names == self._class_names
+        self._class_names = names
         self.param.update(
             weight_layer=self.weight_layer if self.weight_layer in layers else (layers[0] if layers else None),
-            boundary_class=self.boundary_class if self.boundary_class in self.param.boundary_class.objects.values()
-            else default_class,
+            # two classes: the probability of the second, whose 0.5 contour is the boundary
+            boundary_class=self.boundary_class if same_classes else (1 if len(names) == 2 else ALL_CLASSES),
             explore_layer=self.explore_layer if self.explore_layer in explore else (explore[0] if explore else None),
         )
         self._layer_changed()
