@@ -1,5 +1,5 @@
 # Two commands for a fresh machine (see README.md):
-#   make demo   set up, record the offline demo run, reduce it and open the dashboard
+#   make demo   set up, record the three offline demo runs, reduce them and open the dashboard on them
 #   make test   set up (Python packages and Debian's chromium) and run the whole test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -23,7 +23,10 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
 
 demo: setup
-	$(BIN)/neuromapper demo --out $(DEMO)
+	$(BIN)/neuromapper demo --dataset moons --out data/moons --no-serve
+	$(BIN)/neuromapper demo --dataset digits-mlp --out data/digits-mlp --no-serve
+	$(BIN)/neuromapper demo --out $(DEMO) --no-serve
+	$(BIN)/neuromapper serve data
 
 test: setup chromium
 	$(BIN)/python -m pytest
