@@ -301,14 +301,17 @@ def chord_labels(labels: dict) -> hv.Labels:
     return hv.Labels(labels, kdims=["x", "y"], vdims=["text"]).opts(text_font_size="10pt", text_color="#333")
 
 
-def chord_options(size: int = 460) -> dict:
+CHORD_SIZE = 420
+
+
+def chord_options(size: int = CHORD_SIZE) -> dict:
     limit = 1.55
     return dict(width=size, height=size, xlim=(-limit, limit), ylim=(-limit, limit), xaxis=None, yaxis=None,
                 default_tools=["reset"], toolbar="above", show_frame=False, bgcolor="white",
                 title="errors: true → predicted class", backend_opts=CANVAS)
 
 
-def confusion_bars(rects: dict, ticks: list[tuple[int, str]], height: int = 300) -> hv.Rectangles:
+def confusion_bars(rects: dict, ticks: list[tuple[int, str]], height: int = 260) -> hv.Rectangles:
     """Per true class, a bar of its probe samples: correct at the bottom, each wrong prediction stacked.
 
     ``rects``: columns x0, y0, x1, y1, true, predicted, count, total, share, color, alpha (correct
@@ -320,7 +323,7 @@ def confusion_bars(rects: dict, ticks: list[tuple[int, str]], height: int = 300)
         tools=["hover", "tap"], hover_tooltips=CONFUSION_HOVER, default_tools=["reset"], toolbar="above",
         responsive=True, height=height, min_width=300, xticks=ticks, xrotation=45 if len(ticks) > 10 else 0,
         xlabel="true class", ylabel="probe samples", show_grid=True, bgcolor="white", framewise=True,
-        title="per true class: correct (solid), then wrong (pale, by predicted class)",
+        title="per true class: correct (solid), wrong (pale)",
         backend_opts=CANVAS)
 
 
