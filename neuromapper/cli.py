@@ -286,8 +286,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         strategy=args.strategy, thumbnails="auto", progress=True,
     )
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) in {time.perf_counter() - start:.1f} s; "
-          f"{facts['strategy']['name']} strategy: {facts['strategy']['reason']}; "
-          f"the Activations section takes {facts['activations_bytes'] / 1e6:.2f} MB")
+          f"{facts['strategy']['name']} strategy: {facts['strategy']['reason']}"
+          + "; sections: " + ", ".join(f"{name} {size / 1e6:.2f} MB" for name, size in facts["sections"].items()))
     if facts["coverage"]:
         print(f"note: {facts['coverage']}")
     return 0

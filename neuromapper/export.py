@@ -4,7 +4,11 @@
 command line) that keeps the essentials of the live dashboard: the epoch player (play, step,
 slider), every chosen layer side by side, class toggles, colouring by true class or by
 correctness, and hover labels (sample id, true and predicted label, thumbnail) when the points
-fit in the file. Everything is inline: the page template ``neuromapper/templates/snapshot.html``
+fit in the file. Below the embeddings, the Activations, Model and Training pages come as pictures
+rendered here for every exported epoch, which the same player steps through
+(:mod:`neuromapper.export_activations`, :mod:`neuromapper.export_model`,
+:mod:`neuromapper.export_training`; each says what it carries and what it cannot do, and
+``neuromapper export`` prints each section's size). Everything is inline: the page template ``neuromapper/templates/snapshot.html``
 holds the CSS and a small hand-written script, and the data go into one JSON block with the
 arrays base64-encoded. A Content-Security-Policy in the page forbids every network request, so
 the snapshot provably works offline and never calls home.
@@ -86,6 +90,8 @@ import xarray as xr
 
 from . import raster
 from .export_activations import activations_payload
+from .export_model import model_payload
+from .export_training import training_payload
 from .reduce_params import ReduceParams
 from .scene import COLOR_BY, CORRECTNESS_COLORS, EmbeddingScene, ViewState, scene_for
 from .store import find_embedding, json_attr, list_embeddings, open_run, replacing, run_dir
@@ -97,6 +103,7 @@ THUMBNAIL_MAX_SAMPLES = 5_000
 WIDTH_RANGE = (64, 2048)
 MODES = (COLOR_BY[0], COLOR_BY[2])  # "true class", "correct / incorrect"
 DATA_MARK = "__NEUROMAPPER_DATA__"
+SECTIONS = ("activations", "model", "training")  # the pages beside the embeddings, each sized on its own
 
 
 @dataclass
@@ -169,7 +176,10 @@ def export_html(
 
 
 def _export(run, path, *, embedding, layers, epochs, width, strategy, thumbnails, progress) -> tuple[Path, dict]:
-    """:func:`export_html`, also returning what the CLI prints: ``{"strategy": ..., "coverage": str | None}``."""
+    """:func:`export_html`, also returning what the CLI prints: ``{"strategy", "coverage", "sections"}``.
+
+    ``sections`` holds the bytes of each page's part of the data block (:data:`SECTIONS`).
+    """
     width = _check_width(width)
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
@@ -202,14 +212,16 @@ def _export(run, path, *, embedding, layers, epochs, width, strategy, thumbnails
     else:
         data["images"] = _images_payload(scene, width, progress, rendered)
     data["activations"] = activations_payload(ds, embedding, scene.layers)
+    data["model"] = model_payload(ds, embedding)
+    data["training"] = training_payload(ds, embedding)
     data["strategy"] = {"name": chosen, "reason": reason, "estimate": vars(estimate)}
     data["coverage"] = coverage
     page = _page(data)
     out = Path(path)
     with replacing(out) as tmp:  # a full disk or a kill leaves the previous file, never a truncated page
         tmp.write_text(page, encoding="utf-8")
-    activations = len(json.dumps(data["activations"], separators=(",", ":")))
-    return out, {"strategy": data["strategy"], "coverage": coverage, "activations_bytes": activations}
+    sections = {name: len(json.dumps(data[name], separators=(",", ":"))) for name in SECTIONS}
+    return out, {"strategy": data["strategy"], "coverage": coverage, "sections": sections}
 
 
 # -- arguments ---------------------------------------------------------------------------------
