@@ -35,12 +35,11 @@ import html
 import numpy as np
 import xarray as xr
 
-from .export_activations import _png
-from .export_training import colorize, pixel_scale
+from .export_training import colorize, indexed_png, nice_ticks, pixel_scale
 from .store import run_dir
 
 CHORD_RADIUS = 200  # SVG units of the chord's unit circle: integer coordinates are finer than a pixel
-CHORD_VIEW = 1.55  # the view reaches this many radii from the centre (as the dashboard's chord)
+CHORD_VIEW = (2.0, 1.55)  # radii from the centre the view reaches across (room for names) and up and down
 BARS_SIZE = (560, 300)  # width, height of the stacked bars in CSS pixels
 BARS_MARGIN = (44, 10, 12, 52)  # left, right, top, bottom
 MAP_TARGET_PX = 300  # the page scales each feature-map grid up by whole pixels to about this width
@@ -94,9 +93,9 @@ def _points(polygon: np.ndarray) -> str:
 def chord_svg(painter) -> str:
     """The painter's chord diagram at its epoch as one inline SVG (names escaped, a title per shape)."""
     arcs, ribbons, labels = painter.chord_data()
-    view = CHORD_VIEW * CHORD_RADIUS
-    parts = [f'<svg class="nm-chord" viewBox="{-view:.0f} {-view:.0f} '
-             f'{2 * view:.0f} {2 * view:.0f}" role="img" aria-label="misclassifications: true to predicted class">']
+    across, up = (v * CHORD_RADIUS for v in CHORD_VIEW)
+    parts = [f'<svg class="nm-chord" viewBox="{-across:.0f} {-up:.0f} {2 * across:.0f} {2 * up:.0f}" role="img" '
+             'aria-label="misclassifications: true to predicted class">']
     names = painter.run.class_names
     for arc, k in zip(arcs, painter.chord().classes):
         accuracy = "" if not np.isfinite(arc["accuracy"]) else f": {arc['accuracy']:.1%} correct"
@@ -107,8 +106,7 @@ def chord_svg(painter) -> str:
     for ribbon in ribbons:
         polygon = np.column_stack([ribbon["x"], ribbon["y"]])
         tip = f"{ribbon['true']} → {ribbon['predicted']}: {ribbon['count']:,} of {ribbon['total']:,} ({ribbon['share']:.1%})"
-        parts.append(f'<path d="{_points(polygon)}" fill="{ribbon["color"]}" fill-opacity="0.6" stroke="#fff" '
-                     f'stroke-width="0.8" class="nm-ribbon" data-true="{index[ribbon["true"]]}" '
+        parts.append(f'<path d="{_points(polygon)}" fill="{ribbon["color"]}" class="nm-ribbon" data-true="{index[ribbon["true"]]}" '
                      f'data-predicted="{index[ribbon["predicted"]]}" data-count="{ribbon["count"]}">'
                      f'<title>{html.escape(tip)}</title></path>')
     for x, y, text, angle in zip(labels["x"], labels["y"], labels["text"], painter.chord().angles):
@@ -134,7 +132,7 @@ def heatmap_png(painter) -> dict:
     rgba = colorize(level, list(Reds256)[::-1], 0.0, top or 1.0)  # Bokeh's Reds256 runs dark to light
     grey = np.array([int(HEATMAP_GREY[i:i + 2], 16) for i in (1, 3, 5)] + [255], np.uint8)
     rgba[~np.isfinite(level)] = grey
-    return {"png": _png(rgba), "size": n, "scale": pixel_scale(n, 420), "max": top}
+    return {"png": indexed_png(rgba), "size": n, "scale": pixel_scale(n, 420), "max": top}
 
 
 # -- stacked bars ----------------------------------------------------------------------------------------
@@ -154,17 +152,16 @@ def bars_svg(painter) -> str:
     y_of = lambda v: height - bottom - v * sy  # noqa: E731
     parts = [f'<svg class="nm-bars-svg" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img" aria-label="probe samples per true class">']
-    for tick in np.linspace(0, tallest, 5):
+    for tick in nice_ticks(0, tallest, 5):
         y = y_of(tick)
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
-                     f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end" class="nm-tick">{tick:.0f}</text>')
+                     f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end" class="nm-tick">{tick:,}</text>')
     for i in range(len(rects.count)):
         x0, x1 = x_of(data["x0"][i]), x_of(data["x1"][i])
         y0, y1 = y_of(data["y0"][i]), y_of(data["y1"][i])
         tip = f"{data['true'][i]} → {data['predicted'][i]}: {data['count'][i]:,} of {data['total'][i]:,} ({data['share'][i]:.1%})"
         parts.append(f'<rect x="{x0:.1f}" y="{y1:.1f}" width="{x1 - x0:.1f}" height="{y0 - y1:.1f}" '
-                     f'fill="{data["color"][i]}" fill-opacity="{data["alpha"][i]:.2f}" stroke="#fff" stroke-width="0.5" '
-                     f'class="nm-segment" data-true="{int(rects.true[i])}" data-predicted="{int(rects.predicted[i])}" '
+                     f'fill="{data["color"][i]}" fill-opacity="{data["alpha"][i]:.2f}" class="nm-segment" data-true="{int(rects.true[i])}" data-predicted="{int(rects.predicted[i])}" '
                      f'data-count="{int(rects.count[i])}"><title>{html.escape(tip)}</title></rect>')
     rotate = n > 10
     for position, name in painter.ticks():
@@ -220,6 +217,6 @@ def _layer_maps(run, layer: str, row: int, epochs: list[int]) -> dict:
             from bokeh.palettes import Viridis256
 
             rgba, span = colorize(grid, list(Viridis256), 0.0, hi or 1.0), [0.0, hi]
-        frames[str(epoch)] = {"png": _png(rgba), "range": span}
+        frames[str(epoch)] = {"png": indexed_png(rgba), "range": span}
     return {"channels": channels, "mapSize": [h, w], "width": grid.shape[1], "height": grid.shape[0],
             "scale": pixel_scale(max(grid.shape), MAP_TARGET_PX), "frames": frames}

@@ -9,10 +9,10 @@ exported epoch, and the page only swaps them as the player steps:
   dashboard draws them); the page moves a marker to the player's epoch. Vector lines of a few
   hundred points are smaller and sharper than any picture of them.
 * **first-layer weight grid** (the first of ``run.weight_layers``): a PNG per epoch, one pixel
-  per weight (the page scales it up without smoothing), coloured on the diverging CET_D1 map at
-  the symmetric scale ``±run.weight_range(layer)``, fixed over *all recorded* epochs, so that a
-  weight's change shows as a change of colour, exactly as on the live page. 3-channel kernels
-  are colours (the painter's RGB mode).
+  per weight (the page scales it up without smoothing), paletted (:func:`indexed_png`) and
+  coloured on the diverging CET_D1 map at the symmetric scale ``±run.weight_range(layer)``,
+  fixed over *all recorded* epochs, so that a weight's change shows as a change of colour,
+  exactly as on the live page. 3-channel kernels are colours (the painter's RGB mode).
 * **decision boundary** (runs on 2-D inputs): the painter's class-probability picture per epoch
   as a PNG one pixel per grid point, with its 0.5 contour as an SVG path and the probe points as
   SVG dots on top (the points do not move; only picture and contour change per epoch). The
@@ -58,6 +58,30 @@ def colorize(values: np.ndarray, colors: list[str], lo: float, hi: float) -> np.
     return rgba
 
 
+def indexed_png(rgba: np.ndarray) -> str:
+    """``rgba`` as a paletted PNG (base64), lossless: one byte per pixel instead of four.
+
+    A picture coloured through a table (:func:`colorize`) has at most the table's colours and
+    clear gaps; paletted, the PNG is a third to a quarter the size. Pictures with more than 256
+    colours are saved as RGBA.
+    """
+    import base64
+    import io
+
+    from PIL import Image
+
+    packed = np.ascontiguousarray(rgba, dtype=np.uint8).view("<u4")[..., 0]
+    colors, index = np.unique(packed, return_inverse=True)
+    if len(colors) > 256:
+        return _png(rgba)
+    palette = colors.astype("<u4").view(np.uint8).reshape(-1, 4)
+    picture = Image.fromarray(index.reshape(packed.shape).astype(np.uint8), mode="P")
+    picture.putpalette(palette[:, :3].ravel().tobytes())
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=True, transparency=palette[:, 3].tobytes())
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def pixel_scale(width: int, target: int = GRID_TARGET_PX) -> int:
     """Whole screen pixels per picture pixel that bring a ``width``-pixel picture near ``target``."""
     return int(max(1, min(16, target // max(width, 1))))
@@ -97,8 +121,8 @@ def curves_payload(all_epochs: list[int], series: dict[str, np.ndarray], epochs:
     left, right, top, bottom = CURVES_MARGIN
     x_of = _axis(min(all_epochs), max(all_epochs), left, width - right)
     losses = [v for name, v in series.items() if "loss" in name]
-    loss_hi = max((float(np.nanmax(v)) for v in losses if np.isfinite(v).any()), default=1.0) or 1.0
-    y_loss = _axis(0.0, loss_hi * 1.05, height - bottom, top)
+    loss_hi = _ceiling(max((float(np.nanmax(v)) for v in losses if np.isfinite(v).any()), default=1.0))
+    y_loss = _axis(0.0, loss_hi, height - bottom, top)
     y_acc = _axis(0.0, 1.0, height - bottom, top)
     from .plots import series_color
 
@@ -110,9 +134,9 @@ def curves_payload(all_epochs: list[int], series: dict[str, np.ndarray], epochs:
         y = top + k * (height - top - bottom) / 4
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>')
         parts.append(f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end" class="nm-tick">'
-                     f'{loss_hi * 1.05 * (4 - k) / 4:.3g}</text>')
+                     f'{loss_hi * (4 - k) / 4:g}</text>')
         parts.append(f'<text x="{width - right + 4}" y="{y + 4:.1f}" class="nm-tick">{(4 - k) / 4:.2f}</text>')
-    for e in _ticks(min(all_epochs), max(all_epochs)):
+    for e in nice_ticks(min(all_epochs), max(all_epochs)):
         parts.append(f'<text x="{x_of(e):.1f}" y="{height - bottom + 14}" text-anchor="middle" class="nm-tick">{e}</text>')
     parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 3}" text-anchor="middle" class="nm-tick">epoch</text>')
     parts.append(f'<text x="{left}" y="{top - 8}" text-anchor="middle" class="nm-tick">loss</text>')
@@ -132,17 +156,24 @@ def curves_payload(all_epochs: list[int], series: dict[str, np.ndarray], epochs:
     return {"svg": "".join(parts), "marker": {str(e): round(x_of(e), 1) for e in epochs}, "legend": legend}
 
 
+def _ceiling(value: float) -> float:
+    """The loss axis's top: ``value`` rounded up to a number whose quarters read well (0.8, 3.2, 40...)."""
+    if not np.isfinite(value) or value <= 0:
+        return 1.0
+    power = 10.0 ** np.floor(np.log10(value))
+    return float(next(m for m in (1, 1.2, 2, 3.2, 4, 6, 8, 10) if m * power >= value) * power)
+
+
 def _axis(d0: float, d1: float, p0: float, p1: float):
     span = (d1 - d0) or 1.0
     return lambda v: p0 + (v - d0) / span * (p1 - p0)
 
 
-def _ticks(lo: int, hi: int, most: int = 8) -> list[int]:
+def nice_ticks(lo: int, hi: int, most: int = 8) -> list[int]:
+    """Integer ticks from ``lo`` to ``hi``, at most about ``most``, on a step of 1, 2, 2.5 or 5 times a power of ten."""
     step = max(1, int(np.ceil((hi - lo) / most)))
-    for nice in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000):
-        if nice >= step:
-            step = nice
-            break
+    scale = 10 ** int(np.floor(np.log10(step)))
+    step = next(int(m * scale) for m in (1, 2, 2.5, 5, 10) if m * scale >= step and float(m * scale).is_integer())
     return list(range(lo - lo % step + (step if lo % step else 0), hi + 1, step))
 
 
@@ -168,7 +199,7 @@ def _weights(painter, epochs: list[int]) -> dict:
     for epoch in epochs:
         grid = painter.weight_grid(epoch)
         rgba = grid if grid.ndim == 3 else colorize(grid, colors, -limit, limit)
-        frames[str(epoch)] = _png(rgba)
+        frames[str(epoch)] = indexed_png(rgba)
     height, width = grid.shape[:2]
     run = painter.run
     return {"layer": painter.weight_layer, "kind": run.weight_kind(painter.weight_layer), "title": painter.weight_title()
@@ -205,7 +236,8 @@ def _boundary(painter, epochs: list[int]) -> dict:
             mine = np.flatnonzero(run.labels == k)
             d = "".join(f"M{xs[i]:.1f} {ys[i]:.1f}h0" for i in mine if np.isfinite(xs[i]) and np.isfinite(ys[i]))
             if d:
-                dots.append(f'<path d="{d}" stroke="{palette[k]}" stroke-width="2.4" stroke-linecap="round" '
+                dots.append(f'<path d="{d}" stroke="#fff" stroke-width="3.4" stroke-linecap="round"/>'  # outline
+                            f'<path d="{d}" stroke="{palette[k]}" stroke-width="2.4" stroke-linecap="round" '
                             f'class="nm-dots" data-class="{k}"/>')
     side = 360  # CSS pixels wide; the grid's pixels are smoothed by the browser, as the dashboard's
     svg = (f'<svg class="nm-boundary" viewBox="0 0 {width} {height}" width="{side}" height="{round(side * height / width)}">'

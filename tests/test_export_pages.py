@@ -169,7 +169,8 @@ def test_moons_boundary_contour_and_points(moons_run):
     row = np.clip(ny - 1 - np.round(points[:, 1] - 0.5).astype(int), 0, ny - 1)
     p = store.boundary(ds).sel(epoch=100).values[row, col, 1]
     assert np.median(np.abs(p - 0.5)) < 0.05
-    assert boundary["svg"].count("M") == ds.sizes["sample"]
+    assert sum(d.get("d").count("M") for d in ET.fromstring(boundary["svg"]).iter("path")
+               if d.get("class") == "nm-dots") == ds.sizes["sample"]
     model = model_payload(ds, embedding)
     assert model["kind"] == "chord" and model["focus"]["maps"] == {} and model["kernels"] is None
     assert model["lacks"][0].startswith("feature maps") and training["lacks"][0].startswith("layer weights")

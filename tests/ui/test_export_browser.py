@@ -281,3 +281,38 @@ def test_activations_section_follows_the_player_and_the_sort(page, offline, cons
     legend = page.locator("#nm-act-legend").inner_text()
     assert "<b>zero</b>" in legend or "<b>zero</b>" in page.locator("#nm-classes").inner_text()
     assert page.locator("#nm-act-legend b").count() == 0
+
+
+PAGE_PICTURES = """() => ({
+  chord: document.querySelector('#nm-model-errors').innerHTML,
+  bars: document.querySelector('#nm-model-bars').innerHTML,
+  summary: document.querySelector('#nm-model-summary').textContent,
+  maps: Array.from(document.querySelectorAll('figure[data-map-layer] img')).map((i) => i.src),
+  kernels: document.querySelector('figure[data-kernels] img').src,
+  weights: document.querySelector('figure[data-weights] img').src,
+  marker: document.querySelector('#nm-train-curves line.nm-marker').getAttribute('x1'),
+})"""
+PAGE_IMAGES_DECODED = """() => Array.from(document.querySelectorAll('#nm-model img, #nm-train img'))
+  .every((i) => i.complete && i.naturalWidth > 0)"""
+
+
+def test_model_and_training_sections_follow_the_player(page, offline, console_errors, small_run, tmp_path):
+    path = export_html(small_run, tmp_path / "pages.html", embedding=pca_embedding(small_run), progress=False)
+    open_snapshot(page, path)
+    assert page.is_visible("#nm-model") and page.is_visible("#nm-train")
+    assert page.evaluate("() => document.body.dataset.pagesEpoch") == "0"
+    assert page.locator("#nm-model-errors svg.nm-chord path.nm-ribbon").count() > 0
+    assert page.locator("figure[data-map-layer]").count() == 2  # conv1 and conv2 of the first spotlight sample
+    assert "Cannot here" in page.inner_text("#nm-model") and "Cannot here" in page.inner_text("#nm-train")
+    assert "a decision boundary" in page.inner_text("#nm-train-lacks")
+    page.wait_for_function(PAGE_IMAGES_DECODED, timeout=10_000)
+    before = page.evaluate(PAGE_PICTURES)
+    page.click("button.next")
+    page.wait_for_function("() => document.body.dataset.pagesEpoch === '1'", timeout=10_000)
+    page.wait_for_function(PAGE_IMAGES_DECODED, timeout=10_000)
+    after = page.evaluate(PAGE_PICTURES)
+    changed = {key: before[key] != after[key] for key in before}
+    assert all(changed.values()), changed
+    assert after["summary"].startswith("epoch 1:")
+    assert float(after["marker"]) > float(before["marker"])
+    screenshot(page, "export-pages")
