@@ -35,8 +35,7 @@ import html
 import numpy as np
 import xarray as xr
 
-from .export_training import colorize, indexed_png, nice_ticks, pixel_scale
-from .store import run_dir
+from .export_training import colorize, indexed_png, nice_ticks, painting, pixel_scale
 
 CHORD_RADIUS = 200  # SVG units of the chord's unit circle: integer coordinates are finer than a pixel
 CHORD_VIEW = (2.0, 1.55)  # radii from the centre the view reaches across (room for names) and up and down
@@ -49,11 +48,8 @@ HEATMAP_GREY = "#e8e8e8"
 def model_payload(ds: xr.Dataset, embedding: xr.DataArray) -> dict:
     """The snapshot's Model section for the epochs of ``embedding``."""
     from .views.model_painter import HEATMAP, ModelPainter
-    from .views.state import SessionState
 
-    state = SessionState(run_dir(ds), embedding=embedding)
-    painter = ModelPainter(state)
-    try:
+    with painting(ds, embedding, ModelPainter) as (state, painter):
         run = state.run
         epochs = [int(e) for e in embedding["epoch"].values]
         kind = painter.kind
@@ -68,8 +64,6 @@ def model_payload(ds: xr.Dataset, embedding: xr.DataArray) -> dict:
         kernels = weight_layers[0] if weight_layers and run.weight_kind(weight_layers[0]) == "conv" else None
         return {"kind": kind, "frames": frames, "focus": focus_payload(run, epochs), "kernels": kernels,
                 "lacks": [s for s in run.lacks if s.startswith(("feature maps", "layer weights"))]}
-    finally:
-        state.dispose()
 
 
 def _summary(matrix: np.ndarray, epoch: int) -> str:

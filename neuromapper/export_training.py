@@ -33,6 +33,7 @@ with ``textContent``. What the section cannot do is listed on the page.
 from __future__ import annotations
 
 import html
+from contextlib import contextmanager
 
 import numpy as np
 import xarray as xr
@@ -87,14 +88,26 @@ def pixel_scale(width: int, target: int = GRID_TARGET_PX) -> int:
     return int(max(1, min(16, target // max(width, 1))))
 
 
-def training_payload(ds: xr.Dataset, embedding: xr.DataArray) -> dict:
-    """The snapshot's Training section for the epochs of ``embedding``."""
+@contextmanager
+def painting(ds: xr.Dataset, embedding: xr.DataArray, painter_class):
+    """``(state, painter)``: a session on the run at the epochs of ``embedding`` and one of the dashboard's
+    painters over it with its defaults, disposed of afterwards."""
     from .views.state import SessionState
-    from .views.training_painter import TrainingPainter
 
     state = SessionState(run_dir(ds), embedding=embedding)
-    painter = TrainingPainter(state)
+    painter = painter_class(state)
     try:
+        yield state, painter
+    finally:
+        getattr(painter, "dispose", lambda: None)()
+        state.dispose()
+
+
+def training_payload(ds: xr.Dataset, embedding: xr.DataArray) -> dict:
+    """The snapshot's Training section for the epochs of ``embedding``."""
+    from .views.training_painter import TrainingPainter
+
+    with painting(ds, embedding, TrainingPainter) as (state, painter):
         run = state.run
         epochs = [int(e) for e in embedding["epoch"].values]
         payload = {"curves": curves_payload(run.epochs, run.curves(), epochs), "weights": None,
@@ -109,9 +122,6 @@ def training_payload(ds: xr.Dataset, embedding: xr.DataArray) -> dict:
                 "an exploratory plot: it needs the probe's input features, or a PCA embedding stored beside the run "
                 f"(`neuromapper reduce {run.name} --method pca`)")
         return payload
-    finally:
-        painter.dispose()
-        state.dispose()
 
 
 # -- training curves -------------------------------------------------------------------------------------
