@@ -491,8 +491,11 @@ def pca_per_epoch(activations, n_neighbors, min_dist, seed, on_epoch=_ignore, sh
     out = np.full((n_epochs, n_samples, 2), np.nan, dtype=np.float32)
     previous = None if after is None else after.layout
     for epoch, x, r in _finite_epochs(activations, should_stop):
-        if len(r) >= 3 and x.shape[1] >= 2:
-            out[epoch, r] = PCA(n_components=2, random_state=seed).fit_transform(x[r]).astype(np.float32)
+        if len(r) >= 3:
+            if x.shape[1] >= 2:
+                out[epoch, r] = PCA(n_components=2, random_state=seed).fit_transform(x[r]).astype(np.float32)
+            else:  # one unit (a one-logit head): PCA needs two, so its centred value along x
+                out[epoch, r, 0], out[epoch, r, 1] = x[r, 0] - x[r, 0].mean(), 0.0
             if previous is not None:
                 out[epoch] = _procrustes_onto(previous, out[epoch])
         previous = out[epoch]

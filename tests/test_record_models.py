@@ -146,6 +146,20 @@ CASES = {
 }
 
 
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """One training step of ``model`` on ``(x, y)`` (a sigmoid loss for a one-logit head); returns the loss."""
+    model.train()
+    logits = model(x)
+    if logits.shape[1] == 1:
+        loss = nn.functional.binary_cross_entropy_with_logits(logits[:, 0], y.float())
+    else:
+        loss = nn.functional.cross_entropy(logits, y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def _as_classes(logits: torch.Tensor) -> torch.Tensor:
     """The two-class logits ``[0, z]`` of a one-logit head; other heads as they are."""
     return torch.cat([torch.zeros_like(logits), logits], 1) if logits.shape[1] == 1 else logits
@@ -167,15 +181,7 @@ def test_model_is_recorded_as_its_own_forward_pass_says(tmp_path, name):
                 want.append(({k: v.detach() for k, v in case.expected(model, x).items()},
                              _as_classes(case.logits(model, x))))
             rec.capture(epoch)
-            model.train()
-            logits = model(x)
-            if logits.shape[1] == 1:
-                loss = nn.functional.binary_cross_entropy_with_logits(logits[:, 0], y.float())
-            else:
-                loss = nn.functional.cross_entropy(logits, y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            train_step(model, x, y, optimizer)
 
     ds = open_run(tmp_path / name)
     assert ds["epoch"].values.tolist() == [0, 1]
