@@ -129,10 +129,11 @@ class TrainingView(pn.viewable.Viewer):
         hv.streams.Tap(source=image).add_subscriber(
             lambda x=None, y=None, **_: x is not None and self._on_session(self._enlarge, x, y))
         first = painter._tiling(painter.state.epoch).tiles[0]
+        # an RGB element has no colour bar (HoloViews refuses the option): only the weight image drops it
         big = (plots.weight_grid_rgb(painter._to_rgba(first), "") if channels == RGB
-               else plots.weight_grid(first, limit, "")).opts(
+               else plots.weight_grid(first, limit, "").opts(colorbar=False)).opts(
             hooks=[partial(self._keep, "enlarged")], responsive=False, frame_width=220, frame_height=220,
-            colorbar=False, tools=["hover"])
+            tools=["hover"])
         caption = pn.pane.HTML(pn.bind(lambda *_: self._enlarged_html(), painter.param.enlarged),
                                css_classes=["nm-enlarged-name"], margin=(0, 10))
         shown = pn.bind(lambda enlarged: enlarged is not None, painter.param.enlarged)
