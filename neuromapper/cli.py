@@ -114,7 +114,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from .demo import run_demo
 
         path = run_demo(out=out, dataset=args.dataset, epochs=args.epochs, root=args.root, n_probe=args.probe,
-                        attacks=not args.no_attacks)
+                        attacks=False if args.no_attacks else None)  # None: the demo recipe decides
     reduce(path, progress="tqdm")
     if not args.no_serve:
         serve(path, port=args.port, address="127.0.0.1", show=True)

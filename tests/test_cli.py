@@ -113,6 +113,20 @@ def test_demo_never_deletes_a_recorded_run(run, tmp_path):
     assert store.recorded_epochs(copy) == [0, 1]
 
 
+@pytest.mark.parametrize(("flags", "attacks"), [([], None), (["--no-attacks"], False)])
+def test_demo_leaves_attacks_to_the_demo_recipe_unless_told(flags, attacks, tmp_path, monkeypatch):
+    """The MLP demos record no twins by default (a one-pixel attack needs images): the CLI passes
+    None, not True, so that the recipe decides; --no-attacks turns them off for every demo."""
+    import neuromapper.demo
+    import neuromapper.reduce
+
+    seen = {}
+    monkeypatch.setattr(neuromapper.demo, "run_demo", lambda **kwargs: seen.update(kwargs) or tmp_path)
+    monkeypatch.setattr(neuromapper.reduce, "reduce", lambda *args, **kwargs: None)
+    assert cli.main(["demo", "--dataset", "moons", "--out", str(tmp_path / "m"), "--no-serve", *flags]) == 0
+    assert seen["dataset"] == "moons" and seen["attacks"] is attacks and seen["epochs"] is None
+
+
 def test_info_shows_control_characters_escaped(run, capsys):
     assert cli.main(["info", str(run)]) == 0
     out = capsys.readouterr().out
