@@ -218,9 +218,11 @@ def weight_grid_rgb(rgba: np.ndarray, title: str) -> hv.RGB:
     return hv.RGB(rgba, bounds=(0, 0, width, height), kdims=["x", "y"]).opts(**_tile_options(title, width, height))
 
 
-def _tile_options(title: str, width: int, height: int) -> dict:
-    return dict(title=title, responsive=True, aspect=width / height, min_height=160, max_height=560,
-                tools=["tap", "hover"], default_tools=[], toolbar=None, xaxis=None, yaxis=None,
+def _tile_options(title: str, width: int, height: int, side: int = 380) -> dict:
+    """A grid of tiles at its own aspect, its longer side ``side`` screen pixels."""
+    scale = side / max(width, height)
+    return dict(title=title, frame_width=int(width * scale), frame_height=int(height * scale),
+                tools=["tap"], default_tools=[], toolbar=None, xaxis=None, yaxis=None,
                 bgcolor="white", framewise=False, backend_opts=CANVAS)
 
 
@@ -252,9 +254,12 @@ def path_source_data(lines: list[np.ndarray]) -> dict:
 
 
 def class_points(points: dict) -> hv.Points:
-    """Probe points coloured by class; ``points`` has x, y, color and class (plain text, escaped by Bokeh)."""
+    """Probe points coloured by class; ``points`` has x, y, color and class (plain text, escaped by Bokeh).
+
+    A dark rim keeps a point visible over the background of its own class.
+    """
     return hv.Points(points, kdims=["input 0", "input 1"], vdims=["color", "class"]).opts(
-        color="color", size=4, line_color="white", line_width=0.4, tools=["hover"],
+        color="color", size=5, line_color="#222222", line_width=0.5, tools=["hover"],
         hover_tooltips=[("class", "@{class}")])
 
 

@@ -23,6 +23,7 @@ from .state import SessionState
 from .training_painter import RGB, TrainingPainter
 
 NOTE = "font-size:13px;color:#555"
+ENLARGED_PX = 170  # the clicked tile's side on screen
 
 
 class TrainingView(pn.viewable.Viewer):
@@ -105,7 +106,7 @@ class TrainingView(pn.viewable.Viewer):
         overlay = plots.training_curves(run.epochs, self.painter.curves(), line)
         hv.streams.Tap(source=overlay).add_subscriber(
             lambda x=None, **_: x is not None and self._on_session(self._jump, x))
-        return pn.pane.HoloViews(overlay, sizing_mode="stretch_width", css_classes=["nm-training-curves"])
+        return _pane(overlay, sizing_mode="stretch_width", css_classes=["nm-training-curves"])
 
     def _compute_tsne(self) -> None:
         self.painter.compute_tsne()
@@ -132,16 +133,18 @@ class TrainingView(pn.viewable.Viewer):
         # an RGB element has no colour bar (HoloViews refuses the option): only the weight image drops it
         big = (plots.weight_grid_rgb(painter._to_rgba(first), "") if channels == RGB
                else plots.weight_grid(first, limit, "").opts(colorbar=False)).opts(
-            hooks=[partial(self._keep, "enlarged")], responsive=False, frame_width=220, frame_height=220,
-            tools=["hover"])
+            hooks=[partial(self._keep, "enlarged")], responsive=False, frame_width=ENLARGED_PX,
+            frame_height=ENLARGED_PX, tools=[])
         caption = pn.pane.HTML(pn.bind(lambda *_: self._enlarged_html(), painter.param.enlarged),
-                               css_classes=["nm-enlarged-name"], margin=(0, 10))
+                               css_classes=["nm-enlarged-name"], margin=(0, 10), width=220)
         shown = pn.bind(lambda enlarged: enlarged is not None, painter.param.enlarged)
-        side = pn.Column(caption, pn.pane.HoloViews(big, visible=shown, css_classes=["nm-enlarged"]), width=280)
-        scale = (f"colour scale fixed over all epochs: ±{limit:.3g} (largest |weight| recorded)"
+        scale = (f"colour scale fixed over all epochs: ±{limit:.3g} (the largest |weight| recorded)"
                  + (" · RGB: grey = 0, each channel from none (−) to full (+)" if channels == RGB else ""))
-        return pn.Column(pn.Row(pn.pane.HoloViews(image, sizing_mode="stretch_width", css_classes=["nm-weight-grid"]),
-                                side, sizing_mode="stretch_width"), _note(scale), sizing_mode="stretch_width")
+        return pn.Column(_pane(image, css_classes=["nm-weight-grid"]),
+                         # the wrapper shows and hides: toggling a HoloViews pane's own visible fails in Panel 1.9
+                         pn.Row(pn.Column(_pane(big, css_classes=["nm-enlarged"]), visible=shown, margin=0),
+                                pn.Column(caption, _note(scale), width=240)),
+                         sizing_mode="stretch_width")
 
     def _enlarge(self, x: float, y: float) -> None:
         self.painter.enlarged = self.painter.tile_at(x, y)
@@ -163,7 +166,7 @@ class TrainingView(pn.viewable.Viewer):
             hooks=[partial(self._keep, "boundary")])
         line = plots.contour_path(painter.boundary_lines()).opts(hooks=[partial(self._keep, "contour")])
         overlay = (picture * line * plots.class_points(painter.probe_points())).opts(show_legend=False)
-        return pn.pane.HoloViews(overlay, sizing_mode="stretch_width", css_classes=["nm-boundary"])
+        return _pane(overlay, sizing_mode="stretch_width", css_classes=["nm-boundary"])
 
     def _explore(self, layer, method, run, *_):
         painter = self.painter
@@ -183,7 +186,7 @@ class TrainingView(pn.viewable.Viewer):
         x_range, y_range = painter.explore_bounds()
         image = plots.layer_image(painter.explore_picture(), painter.explore_frame()).opts(
             hooks=[partial(self._keep, "explore")], **plots.exploration_options(painter.explore_title(), x_range, y_range))
-        return pn.pane.HoloViews(image, sizing_mode="stretch_width", css_classes=["nm-explore"])
+        return _pane(image, sizing_mode="stretch_width", css_classes=["nm-explore"])
 
     # -- the page ---------------------------------------------------------------------------------------
     def controls(self) -> pn.Column:
@@ -228,9 +231,16 @@ class TrainingView(pn.viewable.Viewer):
     def _pictures(self, weights, boundary, explore, _run) -> pn.Column:
         """The pictures this run has, two to a row; what it lacks said in one line above them."""
         painter = self.painter
+        lacks = painter.lacks()
+
+        def why(word: str, otherwise: str) -> str:
+            # the run's own account (store.lacks), for this page's parts only
+            said = next((text for text in lacks if word in text), "")
+            return said or otherwise
+
         shown, missing = [], []
-        for has, part, what in ((painter.weight_layer is not None, weights, "first-layer weights"),
-                                (painter.has_boundary(), boundary, "decision boundary (models on 2-D inputs)")):
+        for has, part, what in ((painter.weight_layer is not None, weights, why("weight", "first-layer weights")),
+                                (painter.has_boundary(), boundary, why("boundary", "a decision boundary"))):
             (shown if has else missing).append(part if has else what)
         shown.append(explore)
         rows = [pn.Row(*[pn.Column(part, sizing_mode="stretch_width") for part in shown[i:i + 2]],
@@ -238,14 +248,17 @@ class TrainingView(pn.viewable.Viewer):
         if len(shown) % 2:
             rows[-1].append(pn.Spacer(sizing_mode="stretch_width"))
         if missing:
-            # the run's own account of what an older schema did not record, for this page's parts only
-            lacks = [text for text in painter.lacks() if any(word in text for word in ("weight", "boundary", "input"))]
-            rows.insert(0, _note("Not in this run: " + "; ".join(missing) + ". " + " ".join(lacks)))
+            rows.insert(0, _note("Not in this run: " + "; ".join(missing) + "."))
         return pn.Column(*rows, sizing_mode="stretch_width")
 
     def dispose(self) -> None:
         self.painter.dispose()
         self._sources.clear()
+
+
+def _pane(element, **params) -> pn.pane.HoloViews:
+    """A HoloViews pane whose axes are its own (Panel links panes whose dimensions share names)."""
+    return pn.pane.HoloViews(element, linked_axes=False, **params)
 
 
 def _note(text: str) -> pn.pane.HTML:

@@ -51,7 +51,7 @@ ALL_CLASSES = "all classes (most probable)"
 ALL_CHANNELS, RGB = "all", "rgb"
 EXPLORE_PX = 400  # side of the exploratory raster in pixels
 MAX_TILES = 1024  # tiles drawn at most (the rest are said to be left out)
-BOUNDARY_STRENGTH = 0.6  # how far a fully confident pixel goes from white to its class colour
+BOUNDARY_STRENGTH = 0.5  # how far a fully confident pixel goes from white to its class colour
 SHADE_COLORS = ("#dfe6ef", "#b7c6da", "#8ea3bf", "#6a7f9c", "#4a5a72")  # the shaded density: light to dark blue
 CONTOUR_ALPHA = (230, 150)  # per mass level: the densest half opaque, the 90% line lighter
 
@@ -260,11 +260,11 @@ class TrainingPainter(param.Parameterized):
 
     def weight_title(self) -> str:
         run = self.run
+        tiling = self._tiling(run.epochs[0])
         shape = run.weights(self.weight_layer, run.epochs[0]).shape
-        n = len(self._tiling(run.epochs[0]).names)
-        left = f" (first {MAX_TILES} of {shape[0] * shape[1]})" if shape[0] * shape[1] > MAX_TILES \
-            and self.channels == ALL_CHANNELS else ""
-        return f"{self.weight_layer}: {n} tiles of {shape[2]}×{shape[3]}{left} · click one to enlarge"
+        kind = tiling.names[0].split(" ")[0] if tiling.names else "tile"
+        left = f" (first {MAX_TILES})" if shape[0] * shape[1] > MAX_TILES and self.channels == ALL_CHANNELS else ""
+        return f"{self.weight_layer}: {len(tiling.names)} {kind}s{left} of {shape[2]}×{shape[3]}"
 
     def tile_at(self, x: float, y: float) -> int | None:
         """The tile under grid coordinates ``(x, y)`` (x from the left, y up from the bottom), or None."""
@@ -343,8 +343,8 @@ class TrainingPainter(param.Parameterized):
 
     def boundary_title(self) -> str:
         if self.boundary_class == ALL_CLASSES:
-            return "decision boundary: most probable class (stronger = surer), 0.5 contours"
-        return f"decision boundary: P({self.run.class_names[int(self.boundary_class)]}) with its 0.5 contour"
+            return "most probable class (stronger = surer) · 0.5 contours"
+        return f"P({self.run.class_names[int(self.boundary_class)]}) · 0.5 contour"
 
     def probe_points(self) -> dict:
         """The probe's 2-D inputs coloured by class (static over epochs)."""
