@@ -50,6 +50,7 @@ DENSITY = ("shaded + class contours", "shaded density", "class contours")
 ALL_CLASSES = "all classes (most probable)"
 ALL_CHANNELS, RGB = "all", "rgb"
 EXPLORE_PX = 400  # side of the exploratory raster in pixels
+PICTURES_KEPT = 64  # exploratory pictures kept per session (640 KB each)
 MAX_TILES = 1024  # tiles drawn at most (the rest are said to be left out)
 BOUNDARY_STRENGTH = 0.5  # how far a fully confident pixel goes from white to its class colour
 SHADE_COLORS = ("#dfe6ef", "#b7c6da", "#8ea3bf", "#6a7f9c", "#4a5a72")  # the shaded density: light to dark blue
@@ -161,6 +162,7 @@ class TrainingPainter(param.Parameterized):
         self._dispatch = dispatch or (lambda fn, *args: fn(*args))
         self._coords: dict[tuple, tuple[list[int], np.ndarray] | None] = {}
         self._bounds: dict[tuple, tuple] = {}
+        self._pictures: dict[tuple, np.ndarray] = {}
         self._listening: InputTSNE | None = None
         self._job_token: int | None = None
         self._class_names: list[str] | None = None
@@ -174,7 +176,7 @@ class TrainingPainter(param.Parameterized):
 
     def _run_changed(self, *_) -> None:
         run = self.run
-        self._coords, self._bounds = {}, {}
+        self._coords, self._bounds, self._pictures = {}, {}, {}
         layers = list(getattr(run, "weight_layers", []) or [])
         self.param.weight_layer.objects = layers
         names = list(run.class_names)
@@ -486,18 +488,25 @@ class TrainingPainter(param.Parameterized):
         x_range, y_range = self.explore_bounds()
         return raster.Frame(x_range, y_range, EXPLORE_PX, EXPLORE_PX)
 
-    def explore_xy(self, epoch: int | None = None) -> np.ndarray:
-        """The exploratory coordinates at ``epoch`` (the last stored epoch not after it)."""
-        epochs, xy = self.coordinates()
-        if epochs == [None]:
-            return xy[0]
-        epoch = self.state.epoch if epoch is None else epoch
-        return xy[max(0, int(np.searchsorted(epochs, epoch, side="right")) - 1)]
-
     def explore_picture(self, epoch: int | None = None) -> np.ndarray:
-        """RGBA picture of the exploratory plot: shaded density and/or each visible class's density contours."""
+        """RGBA picture of the exploratory plot: shaded density and/or each visible class's density contours.
+
+        Pictures are kept per frame of coordinates and options, so the input layer (one frame for
+        every epoch) costs nothing on a player step, and stepping back is a lookup.
+        """
+        epochs, xy = self.coordinates()
+        epoch = self.state.epoch if epoch is None else epoch
+        index = 0 if epochs == [None] else max(0, int(np.searchsorted(epochs, epoch, side="right")) - 1)
+        key = (self.explore_layer, self.explore_method, self.density, tuple(self.state.classes), index, id(xy))
+        picture = self._pictures.get(key)
+        if picture is None:
+            picture = self._pictures[key] = self._draw_exploration(xy[index])
+            while len(self._pictures) > PICTURES_KEPT:
+                self._pictures.pop(next(iter(self._pictures)))
+        return picture
+
+    def _draw_exploration(self, xy: np.ndarray) -> np.ndarray:
         frame = self.explore_frame()
-        xy = self.explore_xy(epoch)
         run = self.run
         visible = np.isin(np.asarray(run.class_names)[run.labels], self.state.classes)
         codes = np.where(visible, run.labels, -1)
@@ -509,7 +518,10 @@ class TrainingPainter(param.Parameterized):
             rgba = density.shaded_density(counts, list(SHADE_COLORS))
         if self.density != "shaded density":
             colors = self._colors()
-            contours = density.class_contours(xy, codes, len(run.class_names), frame)
+            # densities on a grid of half the picture's resolution: a quarter of the smoothing work, and
+            # the contour lines are in data units, drawn at full resolution
+            coarse = raster.Frame(frame.x_range, frame.y_range, frame.width // 2, frame.height // 2)
+            contours = density.class_contours(xy, codes, len(run.class_names), coarse)
             for c, levels in contours.items():
                 for lines, alpha in zip(levels, CONTOUR_ALPHA):
                     start, end = density.segments(lines)
