@@ -49,11 +49,19 @@ The load average is printed in the header and after each data set: other jobs on
 stretch every figure, AlignedUMAP's (which uses both cores) and ours differently, so compare
 ratios measured in the same run and read them with the load beside them.
 
+``--reference-cache DIR`` is for iterating on ``anchored-umap``: AlignedUMAP is deterministic for
+a given seed and takes minutes per family, so its per-epoch figures and times are read from
+``DIR/<family>.json`` when that file was made from the same activations (SHA-256 of the array),
+parameters and umap-learn version, and written there after a live run otherwise. Such rows say
+"cached" in the table and their speed ratio compares times from different moments (the
+load differs), so a result to record runs without it: the reference in the same process.
+
 Run it from the repository root::
 
     .venv/bin/python benchmarks/bench_reduce.py --quick                    # smoke run, about two minutes
     .venv/bin/python benchmarks/bench_reduce.py --json reduce.json         # the families (30-65 min on 2 cores)
     .venv/bin/python benchmarks/bench_reduce.py --families fast-256,split-128
+    .venv/bin/python benchmarks/bench_reduce.py --reference-cache /tmp/aligned-cache  # iterate on the default
     .venv/bin/python benchmarks/bench_reduce.py --scale --skip-families    # the end-to-end rows (hours)
 """
 
@@ -146,16 +154,45 @@ def warm_up() -> dict:
     return seconds
 
 
-def compare(activations: np.ndarray, overhead: float) -> dict:
+def _cache_file(cache: Path, name: str) -> Path:
+    return cache / f"{name.replace(':', '_')}.json"
+
+
+def reference(name: str, activations: np.ndarray, overhead: float, cache: Path | None) -> tuple[dict, float, bool]:
+    """AlignedUMAP's figures for one layer, its compilation overhead, and whether they came from ``cache``."""
+    import umap
+
+    identity = {"activations_sha256": hashlib.sha256(np.ascontiguousarray(activations, np.float32).tobytes()).hexdigest(),
+                "shape": list(activations.shape), "umap_version": umap.__version__,
+                "n_neighbors": N_NEIGHBORS, "min_dist": MIN_DIST, "seed": SEED}
+    if cache is not None and _cache_file(cache, name).exists():
+        stored = json.loads(_cache_file(cache, name).read_text())
+        if all(stored.get(k) == v for k, v in identity.items()):
+            ref = {"seconds": stored["seconds"], "backend": stored["backend"], "unplaced": stored["unplaced"],
+                   "trust": np.array(stored["trust"], float),
+                   "disparity": np.array([np.nan if v is None else v for v in stored["disparity"]], float)}
+            return ref, stored["compilation_seconds"], True
+        _log(f"{name}: the cached reference does not match these activations/parameters; running it")
+    ref = run_method(REFERENCE, activations)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        _cache_file(cache, name).write_text(json.dumps(_plain({
+            "family": name, **identity, "seconds": ref["seconds"], "compilation_seconds": overhead,
+            "backend": ref["backend"], "unplaced": ref["unplaced"], "trust": ref["trust"],
+            "disparity": ref["disparity"]}), indent=1))
+    return ref, overhead, False
+
+
+def compare(activations: np.ndarray, overhead: float, name: str = "", cache: Path | None = None) -> dict:
     """Both methods on one layer's activations, the bar applied."""
     ours = run_method(DEFAULT, activations)
-    ref = run_method(REFERENCE, activations)
+    ref, overhead, cached = reference(name, activations, overhead, cache)
     diff = ours["trust"] - ref["trust"]
     worst = int(np.nanargmin(diff))
     r = {
         "n_samples": activations.shape[1], "n_epochs": activations.shape[0], "dims": activations.shape[2],
         "overlap": neighbour_overlap(activations),
-        "anchored": ours, "aligned": ref,
+        "anchored": ours, "aligned": ref, "reference_cached": cached,
         "anchored_seconds": ours["seconds"], "aligned_seconds": ref["seconds"],
         "aligned_seconds_less_compilation": ref["seconds"] - overhead,
         "speed": (ref["seconds"] - overhead) / ours["seconds"],
@@ -207,13 +244,14 @@ def families_part(args) -> list[dict]:
         if unknown:
             raise SystemExit(f"--families: unknown {unknown}; known: {list(FAMILIES)}")
         chosen = {f: (QUICK.get(f) if args.quick and f in QUICK else FAMILIES[f]) for f in args.families}
+    cache = Path(args.reference_cache) if args.reference_cache else None
     overhead = warm_up()
     aligned_overhead = overhead[REFERENCE][1]
     rows = []
     for name, kwargs in chosen.items():
         activations, _ = drifting_clusters(**kwargs)
         _log(f"{name}: {activations.shape} ...")
-        r = compare(activations, aligned_overhead)
+        r = compare(activations, aligned_overhead, name, cache)
         rows.append({"family": name, "generator": kwargs, **r})
         _log(f"{name}: {r['anchored_seconds']:.1f} s vs {r['aligned_seconds']:.1f} s  load {r['load_after']}")
     if args.quick or args.skip_demo:
@@ -224,7 +262,7 @@ def families_part(args) -> list[dict]:
             print(f"demo: skipped: {reason}")
         for name, activations in layers.items():
             _log(f"{name}: {activations.shape} ...")
-            r = compare(activations, aligned_overhead)
+            r = compare(activations, aligned_overhead, name, cache)
             rows.append({"family": name, "generator": {"run": args.demo}, **r})
             _log(f"{name}: {r['anchored_seconds']:.1f} s vs {r['aligned_seconds']:.1f} s  load {r['load_after']}")
     print_families(rows, overhead)
@@ -245,7 +283,7 @@ def print_families(rows: list[dict], overhead: dict) -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for r in rows:
         print(f"| {r['family']} | {_describe(r)} | {r['dims']} | {r['overlap']:.2f} | {r['anchored_seconds']:.1f} s | "
-              f"{r['aligned_seconds']:.1f} s | {r['speed']:.1f}× | {r['trust_anchored']:.4f} | {r['trust_aligned']:.4f} | "
+              f"{r['aligned_seconds']:.1f} s{' (cached)' if r.get('reference_cached') else ''} | {r['speed']:.1f}× | {r['trust_anchored']:.4f} | {r['trust_aligned']:.4f} | "
               f"{r['trust_worst_diff']:+.4f} ({r['worst_epoch']}) | {r['disp_anchored']:.4f} | {r['disp_aligned']:.4f} | "
               f"{r['load_after'].split()[0]} | {'PASS' if r['pass'] else 'FAIL'} |")
     print()
@@ -522,6 +560,9 @@ def main() -> int:
     parser.add_argument("--data", default="data/bench", help="--scale: where synthetic runs are written")
     parser.add_argument("--jobs", type=int, default=2, help="--scale: worker processes for multi-layer runs")
     parser.add_argument("--json", default=None, help="also write all figures to this JSON file")
+    parser.add_argument("--reference-cache", default=None, metavar="DIR",
+                        help="read AlignedUMAP's figures from DIR when made from the same data, write them there "
+                             "otherwise (for iterating; a recorded result runs the reference live)")
     args = parser.parse_args()
 
     import umap
