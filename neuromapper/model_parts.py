@@ -98,9 +98,13 @@ def weight_plan(model: nn.Module, map_layers: dict[str, int], input_shape: tuple
 
 
 def read_weights(model: nn.Module, entries: list[WeightEntry]) -> list[np.ndarray]:
-    """The current weights of ``entries`` as float32 arrays of their stored shapes."""
+    """Copies of the current weights of ``entries`` as float32 arrays of their stored shapes.
+
+    Copies: a float32 CPU weight's ``.numpy()`` shares the parameter's memory, and the epoch is
+    written on a background thread while training already changes the weights in place.
+    """
     modules = dict(model.named_modules())
-    return [modules[e.module].weight.detach().float().cpu().numpy().reshape(e.shape) for e in entries]
+    return [modules[e.module].weight.detach().float().cpu().numpy().reshape(e.shape).copy() for e in entries]
 
 
 def boundary_grid(x: torch.Tensor, resolution: int = BOUNDARY_RESOLUTION) -> tuple[np.ndarray, np.ndarray] | None:
