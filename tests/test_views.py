@@ -304,3 +304,29 @@ def test_pictures_are_rasterized_square_at_the_plot_frame_size(state, painter):
     painter.set_size("fc1", 300, 331)
     frame, rgba = painter.layer_image("fc1")
     assert (frame.width, frame.height) == (300, 300) and rgba.shape == (300, 300, 4)
+
+
+def test_a_hidden_page_defers_its_drawing_until_shown(state):
+    """A player step reaches every page; a hidden one notes the call and makes it once, when shown."""
+    from neuromapper.views.page import Page
+
+    class Counting(Page):
+        def __init__(self, state, **params):
+            super().__init__(**params)
+            self.calls = 0
+            state.param.watch(self.when_shown(self.draw), ["epoch"])
+
+        def draw(self, *_):
+            self.calls += 1
+
+    page = Counting(state)
+    state.epoch = state.param.epoch.objects[1]
+    assert page.calls == 1  # shown by default (a page on its own is on screen)
+    page.shown = False
+    for epoch in state.param.epoch.objects[:3]:
+        state.epoch = epoch
+    assert page.calls == 1
+    page.shown = True
+    assert page.calls == 2  # the three deferred steps drawn once
+    page.shown = True
+    assert page.calls == 2

@@ -27,13 +27,14 @@ from panel.io import hold
 
 from .. import plots
 from .activations_painter import NOTHING, UNIT_INDEX, ActivationsPainter
+from .page import Page
 from .state import SessionState
 from .widgets import text_multichoice
 
 LABEL_PX = 13  # the unit axis labels every k-th row so that labels are at least this far apart
 
 
-class ActivationsView(pn.viewable.Viewer):
+class ActivationsView(Page):
     """Density bars per layer and unit for groups and instances (see the module docstring)."""
 
     def __init__(self, state: SessionState, **params):
@@ -44,7 +45,7 @@ class ActivationsView(pn.viewable.Viewer):
         self._figures: dict[str, dict[int, object]] = {}
         self._panels: dict[str, pn.viewable.Viewable] = {}
         self._main = pn.Row(sizing_mode="stretch_width", css_classes=["nm-activation-layers"])
-        state.param.watch(self._push, ["epoch", "selection_version", "focused"])
+        state.param.watch(self.when_shown(self._push), ["epoch", "selection_version", "focused"])
         state.param.watch(self._on_run, ["run"])
         self.painter.param.watch(self._push, ["groups", "pairs", "sort_by", "sort_minus", "hidden"])
         self.painter.param.watch(self._layout, ["layers"])
@@ -200,7 +201,7 @@ class ActivationsView(pn.viewable.Viewer):
         def refresh(*_):
             table.value = self._ranking_frame()
 
-        self.state.param.watch(refresh, ["epoch", "run"])
+        self.state.param.watch(self.when_shown(refresh), ["epoch", "run"])
         self.painter.param.watch(refresh, ["score_layer"])
         table.on_click(lambda event: self._focus_row(table.value, event.row))
         summary = pn.pane.HTML(pn.bind(lambda *_: self._hypothesis_html(), self.state.param.epoch,

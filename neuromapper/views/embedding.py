@@ -25,13 +25,14 @@ from panel.io import hold
 from .. import plots
 from ..reduce_params import ReduceParams
 from .embedding_painter import EmbeddingPainter
+from .page import Page
 from .state import SessionState
 from .widgets import text_multichoice
 
 PER_CLASS = {"all": None, "25": 25, "50": 50, "100": 100, "200": 200, "500": 500, "1000": 1000}
 
 
-class EmbeddingView(pn.viewable.Viewer):
+class EmbeddingView(Page):
     """Aligned embeddings per layer, epoch by epoch (see the module docstring)."""
 
     method = param.Selector(default=ReduceParams.DEFAULT.method,
@@ -53,7 +54,7 @@ class EmbeddingView(pn.viewable.Viewer):
         self._from_state()
         state.param.watch(self._from_state, "reduce_params")
         state.param.watch(self._on_scene, "scene")
-        state.param.watch(self._push_images, ["epoch", "classes", "selection_version"])
+        state.param.watch(self.when_shown(self._push_images), ["epoch", "classes", "selection_version"])
         state.param.watch(self._push_ring, ["focused"])
         state.param.watch(self._move_marker, ["epoch"])
         self.painter.param.watch(self._push_images, ["color_by", "show", "trajectories", "attack_arrows"])

@@ -26,6 +26,7 @@ from ..scene import class_palette
 from .activations import ActivationsView
 from .embedding import EmbeddingView
 from .model import ModelView
+from .page import Page
 from .run import RunFacts, find_runs
 from .state import SessionState
 from .training import TrainingView
@@ -92,6 +93,14 @@ class App(pn.viewable.Viewer):
         self.views = {name: view(self.state) for name, view in PAGES.items()}
         self._tabs = pn.Tabs(*[(name, view) for name, view in self.views.items()], dynamic=True,
                              sizing_mode="stretch_width")
+
+        def show_active(*_):  # a hidden page defers its drawing (views/page.py)
+            for i, view in enumerate(self.views.values()):
+                if isinstance(view, Page):
+                    view.shown = i == self._tabs.active
+
+        self._tabs.param.watch(show_active, "active")
+        show_active()
         controls = {}  # built once per page: each build adds watchers to the page's painter
 
         def page_controls_of(active: int):

@@ -19,6 +19,7 @@ import panel as pn
 from panel.io import hold
 
 from .. import plots
+from .page import Page
 from .state import SessionState
 from .training_painter import RGB, TrainingPainter
 
@@ -26,7 +27,7 @@ NOTE = "font-size:13px;color:#555"
 ENLARGED_PX = 170  # the clicked tile's side on screen
 
 
-class TrainingView(pn.viewable.Viewer):
+class TrainingView(Page):
     """Training curves, weight grids, decision boundary and exploratory plots (see the module docstring)."""
 
     def __init__(self, state: SessionState, **params):
@@ -36,7 +37,7 @@ class TrainingView(pn.viewable.Viewer):
         self.painter = TrainingPainter(state, dispatch=self._on_session)
         self._sources: dict[str, dict[int, object]] = {}
         self._spans: dict[int, object] = {}
-        state.param.watch(self._push, ["epoch"])
+        state.param.watch(self.when_shown(self._push), ["epoch"])
         state.param.watch(partial(self._push, kinds=("explore",)), ["classes"])
         self.painter.param.watch(partial(self._push, kinds=("explore",)), ["density"])
         self.painter.param.watch(partial(self._push, kinds=("enlarged",)), ["enlarged"])

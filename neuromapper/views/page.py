@@ -1,0 +1,46 @@
+"""What every page of the app shares: it works only while it is on screen.
+
+A session has one state and four pages, and the player's step reaches every page that watches
+the epoch. Drawn for a hidden page, a step is work nobody sees: measured with
+``benchmarks/bench_views.py`` on a ResNet-18 run, the hidden Activations page's ranking took 21%
+of every step on the Model page, and a Model page opened once kept redrawing after the user left
+it, doubling the Embeddings page's step (159-201 ms before, 359-388 ms after). So a page wraps
+its expensive watchers with :meth:`Page.when_shown`: while the page is hidden a call is noted
+instead of made, and the noted calls run once, without events, when the shell shows the page
+again (``shown``). Cheap watchers (a marker, a label) need no wrapping.
+
+``shown`` defaults to ``True``: a page used on its own (a notebook, a unit test) is on screen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import panel as pn
+import param
+
+
+class Page(pn.viewable.Viewer):
+    """A page of the app that defers its drawing while hidden (see the module docstring)."""
+
+    shown = param.Boolean(default=True, precedence=-1, doc="Whether the page is on screen (the shell sets it).")
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._deferred: dict[Callable, None] = {}  # an ordered set: each deferred call runs once
+
+    def when_shown(self, fn: Callable) -> Callable:
+        """``fn`` as a watcher that runs now when the page is shown, else once when it is next shown."""
+        def run(*events):
+            if self.shown:
+                fn(*events)
+            else:
+                self._deferred[fn] = None
+        return run
+
+    @param.depends("shown", watch=True)
+    def _catch_up(self) -> None:
+        if self.shown:
+            deferred, self._deferred = list(self._deferred), {}
+            for fn in deferred:
+                fn()
