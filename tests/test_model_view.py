@@ -208,3 +208,102 @@ def test_the_view_follows_the_player_and_a_tap_selects(state):
     true, predicted = shape.pairs[0]
     assert len(state.selection) == view.painter.matrix()[true, predicted] > 0
     view.dispose()
+
+
+# -- the focused sample: feature maps and kernels (schema 3) ---------------------------------------------
+def test_tile_grids_place_tile_k_row_by_row_and_a_position_finds_it():
+    from neuromapper.views.model_painter import tile, tile_at
+
+    tiles = np.zeros((5, 2, 3, 4), dtype=np.uint8)
+    tiles[..., 0] = np.arange(5)[:, None, None]
+    grid = tile(tiles)  # 5 tiles: 2 rows of 3 columns, 1-pixel gaps
+    assert grid.shape == (2 * 3 - 1, 3 * 4 - 1, 4)
+    assert grid[0, 0, 0] == 0 and grid[0, 4, 0] == 1 and grid[3, 0, 0] == 3 and grid[3, 4, 0] == 4
+    height = grid.shape[0]
+    assert tile_at(5, 2, 3, 0.5, height - 0.5) == 0  # y up: the top row is tile 0
+    assert tile_at(5, 2, 3, 4.5, 0.5) == 4
+    assert tile_at(5, 2, 3, 8.5, 0.5) is None  # the sixth place of the grid holds no tile
+
+
+def test_the_maps_are_the_recorded_maps_of_the_shown_sample(painter, state):
+    from neuromapper import store
+
+    run = state.run
+    assert run.map_layers and len(run.spotlight)
+    assert painter.shown_sample() == run.spotlight[0]  # nothing focused: the first spotlight sample
+    state.focus(int(run.spotlight[3]))
+    assert painter.shown_sample() == run.spotlight[3] and painter.focus_note_html() == ""
+    epoch = run.epochs[-1]
+    state.epoch = epoch
+    for layer in run.map_layers:
+        recorded = store.feature_maps(run.ds, layer).sel(epoch=epoch, spotlight=int(run.spotlight[3])).values
+        np.testing.assert_array_equal(painter.maps(layer), recorded)
+        channels, h, w = recorded.shape
+        grid = painter.map_grid(layer)
+        shared = grid.copy()
+        painter.map_scale = "per channel"
+        assert painter.map_grid(layer).shape == shared.shape
+        painter.map_scale = "shared"
+        # channel k's tile is where a click on it lands
+        for k in (0, channels - 1):
+            rows, cols = divmod(k, int(np.ceil(np.sqrt(channels))))
+            x, y = cols * (w + 1) + w / 2, grid.shape[0] - (rows * (h + 1) + h / 2)
+            assert painter.channel_at(layer, x, y) == k
+
+
+def test_a_focused_sample_without_maps_is_said_and_the_first_spotlight_sample_shown(painter, state):
+    run = state.run
+    outside = int(np.setdiff1d(run.samples, run.spotlight)[0])
+    state.focus(outside)
+    assert painter.shown_sample() == run.spotlight[0]
+    note = painter.focus_note_html()
+    assert f"#{outside}" in note and "no recorded feature maps" in note
+    # a click on a spotlight thumbnail focuses it
+    images = run.images
+    h, w = images.shape[1:3]
+    grid = painter.spotlight_grid()
+    painter.focus_at(1 * (w + 1) + w / 2, grid.shape[0] - h / 2)  # the second thumbnail of the top row
+    assert state.focused == run.spotlight[1] and painter.focus_note_html() == ""
+
+
+def test_the_kernels_of_a_clicked_channel_are_the_layers_weights_at_this_epoch(painter, state):
+    from neuromapper.views.model_painter import _diverging, colorize, tile
+
+    run = state.run
+    layer = run.weight_layers[-1]
+    assert painter.kernels()[0] is None  # nothing clicked yet
+    channels, h, w = painter.maps(layer).shape
+    grid = painter.map_grid(layer)
+    assert painter.pick_channel(layer, 0.5, grid.shape[0] - 0.5) == 0
+    for epoch in run.epochs:
+        state.epoch = epoch
+        picture, words = painter.kernels()
+        weights = run.weights(layer, epoch)[0].astype(np.float64)
+        expected = tile(colorize((weights / run.weight_range(layer) + 1) / 2, _diverging()))
+        np.testing.assert_array_equal(picture, expected)
+        assert f"feeding {layer} channel 0 at epoch {epoch}" in words
+    painter.channel = ("fc1", 0)  # a layer whose weights are not recorded: said, not drawn
+    picture, words = painter.kernels()
+    assert picture is None and "are not recorded" in words
+
+
+def test_a_run_without_feature_maps_says_what_it_lacks(tmp_path, digits):
+    import torch
+
+    from neuromapper import Recorder
+    from tests.conftest import make_mlp
+
+    path = tmp_path / "mlp"
+    with Recorder(make_mlp(), layers=["2", "4"], probe=(digits.x[:100], digits.y[:100]),
+                  class_names=digits.class_names, path=path) as rec:
+        with torch.no_grad():
+            rec.capture(0)
+    state = session(path)
+    try:
+        view = ModelView(state)
+        assert view.painter.shown_sample() is None
+        text = view.painter.lacks_html()
+        assert "feature maps" in text and "no recorded layer outputs a feature map" in html.unescape(text)
+        view.__panel__()  # builds without a sample part
+    finally:
+        state.dispose()

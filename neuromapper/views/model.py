@@ -20,11 +20,24 @@ from functools import partial
 
 import holoviews as hv
 import holoviews.plotting.bokeh  # noqa: F401 - registers the Bokeh backend for HoloViews
+import numpy as np
 import panel as pn
+from panel.io import hold
 
 from .. import plots
 from .model_painter import BARS, CHORD, HEATMAP, ModelPainter
 from .state import SessionState
+
+SPOTLIGHT = "spotlight"  # the name of the spotlight thumbnails' grid among the map layers' grids
+
+
+def _on_session(fn, *args) -> None:
+    """Run a stream callback's work on the session's event loop (streams call outside the document lock)."""
+    doc = pn.state.curdoc
+    if doc is not None and doc.session_context is not None:
+        doc.add_next_tick_callback(partial(fn, *args))
+    else:
+        fn(*args)
 
 
 class ModelView(pn.viewable.Viewer):
@@ -36,10 +49,16 @@ class ModelView(pn.viewable.Viewer):
         self.painter = ModelPainter(state)
         self._tick = hv.streams.Counter()
         self.taps: dict[str, hv.streams.Tap] = {}  # the charts' click streams, by chart kind
+        self._kernel_tick = hv.streams.Counter()
+        self._sources: dict[str, dict[int, object]] = {}  # grid name (a map layer, or SPOTLIGHT) -> Bokeh sources
+        self._shown: tuple | None = None  # (sample, epoch, scale) of the maps pushed last
         state.param.watch(self._refresh, ["epoch", "classes", "run"])
         self.painter.param.watch(self._refresh, ["bars"])
-        self._errors = pn.Row(self._errors_pane(), self._bars_pane(), sizing_mode="stretch_width",
-                              css_classes=["nm-model-errors"])
+        state.param.watch(self._push_maps, ["epoch", "focused", "run"])
+        self.painter.param.watch(self._push_maps, ["map_scale"])
+        self._errors = pn.Column(self._errors_pane(), self._bars_pane(), width=plots.CHORD_SIZE + 20,
+                                 css_classes=["nm-model-errors"])
+        self._sample = self._sample_part()
 
     # -- the confusion charts -------------------------------------------------------------------------
 
@@ -79,16 +98,98 @@ class ModelView(pn.viewable.Viewer):
     def _refresh(self, *_) -> None:
         if int(self.state.epoch) in self.state.run.epochs:
             self._tick.event()
+            self._kernel_tick.event()
 
     def _on_tap(self, kind: str, x=None, y=None, **_) -> None:
-        """A click on a chart (outside the document lock): select the pair under it on the session's loop."""
-        if x is None or y is None:
+        """A click on a chart: select the pair under it."""
+        if x is not None and y is not None:
+            _on_session(self.painter.select_at, kind, x, y)
+
+    # -- the focused sample: image, feature maps, kernels ------------------------------------------------
+    def _sample_part(self) -> pn.Column:
+        painter, state = self.painter, self.state
+        refs = (state.param.focused, state.param.epoch)
+        if painter.shown_sample() is None:
+            return pn.Column(pn.pane.HTML(painter.lacks_html(), sizing_mode="stretch_width"), sizing_mode="stretch_width")
+        card = pn.Column(
+            pn.pane.PNG(pn.bind(lambda *_: painter.sample_png(), *refs), width=84, height=84, margin=(5, 10)),
+            pn.pane.HTML(pn.bind(lambda *_: painter.sample_html(), *refs), css_classes=["nm-model-sample-pane"]),
+            pn.pane.HTML(pn.bind(lambda *_: painter.focus_note_html(), *refs), sizing_mode="stretch_width"),
+            pn.pane.HTML("<div style='font-size:13px'><b>spotlight samples</b>: their feature maps are recorded; "
+                         "click one to focus it</div>", margin=(6, 10, 0, 10)),
+            *self._spotlight_pane(),
+            width=210, css_classes=["nm-model-card"])
+        layers = [self._grid_pane(layer) for layer in painter.run.map_layers]
+        kernels = pn.Column(
+            pn.pane.HTML(pn.bind(lambda *_: painter.kernels()[1], painter.param.channel, state.param.epoch),
+                         sizing_mode="stretch_width", css_classes=["nm-kernels-note"]),
+            pn.panel(pn.bind(self._kernels_pane, painter.param.channel)),
+            sizing_mode="stretch_width")
+        maps = pn.Column(
+            pn.pane.HTML(painter.lacks_html()),
+            pn.Row(*layers, css_classes=["nm-feature-maps"]),  # in a pn.FlexBox Bokeh never painted them (Panel 1.9)
+            kernels, sizing_mode="stretch_width")
+        return pn.Row(card, maps, sizing_mode="stretch_width")
+
+    def _spotlight_pane(self) -> list:
+        grid = self.painter.spotlight_grid()
+        if grid is None:
+            return []
+        images = self.painter.run.images
+        element = plots.tile_grid(grid, "", px=max(1, 24 // images.shape[1])).opts(
+            hooks=[partial(self._keep, SPOTLIGHT)])
+        hv.streams.Tap(source=element).add_subscriber(
+            lambda x=None, y=None, **_: x is not None and _on_session(self.painter.focus_at, x, y))
+        return [pn.pane.HoloViews(element, css_classes=["nm-spotlight"], linked_axes=False)]
+
+    def _grid_pane(self, layer: str) -> pn.pane.HoloViews:
+        """One map layer's feature maps as one image; a click on a map shows the kernels feeding it."""
+        channels = self.painter.maps(layer).shape[0]
+        element = plots.tile_grid(self.painter.map_grid(layer), f"{layer} · {channels} channels").opts(
+            hooks=[partial(self._keep, layer)])
+        hv.streams.Tap(source=element).add_subscriber(
+            lambda x=None, y=None, **_: x is not None and _on_session(self.painter.pick_channel, layer, x, y))
+        return pn.pane.HoloViews(element, css_classes=["nm-feature-map"], linked_axes=False)
+
+    def _grid(self, name: str) -> np.ndarray | None:
+        return self.painter.spotlight_grid() if name == SPOTLIGHT else self.painter.map_grid(name)
+
+    def _keep(self, name: str, plot, element) -> None:
+        """HoloViews plot hook: remember a grid's Bokeh source and draw the state now (shown late: a tab)."""
+        source = plot.handles.get("source")
+        if source is not None:
+            self._sources.setdefault(name, {})[id(source)] = source
+            source.data = plots.tile_grid_source(self._grid(name))
+
+    def _push_maps(self, *_) -> None:
+        """New pixels for every grid in one document patch, when the picture changed."""
+        painter = self.painter
+        if not self._sources or painter.shown_sample() is None or int(self.state.epoch) not in self.state.run.epochs:
             return
-        doc = pn.state.curdoc
-        if doc is not None and doc.session_context is not None:
-            doc.add_next_tick_callback(partial(self.painter.select_at, kind, x, y))
-        else:
-            self.painter.select_at(kind, x, y)
+        shown = (painter.shown_sample(), int(self.state.epoch), painter.map_scale)
+        if shown == self._shown:
+            return  # hovering over samples without maps, or a step that changed nothing here
+        self._shown = shown
+        data = {name: plots.tile_grid_source(self._grid(name)) for name in self._sources}
+        with hold():
+            for name, sources in self._sources.items():
+                for source in sources.values():
+                    source.data = data[name]
+
+    def _kernels_pane(self, channel):
+        """The kernels feeding the clicked channel: a grid whose size is the layer's, refreshed on steps."""
+        grid, _ = self.painter.kernels()
+        if grid is None:
+            return pn.Spacer(height=0)
+
+        def element(**_):
+            picture, _ = self.painter.kernels()
+            return plots.tile_grid(picture if picture is not None else grid, "kernels", px=px)
+
+        height, width = grid.shape[:2]
+        px = max(4, min(24, 200 // max(width, height)))
+        dmap = hv.DynamicMap(hv.core.spaces.Callable(element, memoize=False), streams=[self._kernel_tick])
+        return pn.pane.HoloViews(dmap, css_classes=["nm-kernels"], linked_axes=False)
 
     # -- the page -------------------------------------------------------------------------------------
     def controls(self) -> pn.Column:
@@ -106,7 +207,8 @@ class ModelView(pn.viewable.Viewer):
         summary = pn.pane.HTML(pn.bind(lambda *_: self.painter.summary_html(), state.param.epoch, state.param.classes,
                                        state.param.selection_version, state.param.run),
                                sizing_mode="stretch_width", css_classes=["nm-model-summary-pane"])
-        return pn.Column(summary, self._errors, sizing_mode="stretch_width")
+        return pn.Column(summary, pn.Row(self._errors, self._sample, sizing_mode="stretch_width"),
+                         sizing_mode="stretch_width")
 
     def dispose(self) -> None:
         pass

@@ -21,22 +21,20 @@ Design:
 from __future__ import annotations
 
 import html
-from functools import cached_property
+from functools import cache, cached_property
 
 import numpy as np
 import param
 
-from .. import confusion
+from .. import confusion, plots, raster
 from ..scene import class_palette
 from .state import SessionState
 
 CHORD = "chord"
 HEATMAP = "heatmap"
 BARS = "bars"
-MAPS = "maps"
 LABEL_CHARS = 14  # class names on the chord and the axes are cut to this length (hover shows them whole)
-MAP_TILE_PX = 4  # feature maps are drawn at least this many screen pixels per map pixel
-GAP_COLOR = np.array([255, 255, 255, 255], dtype=np.uint8)
+GAP = 1  # pixels between two tiles of a grid (white)
 
 
 def many_classes() -> int:
@@ -201,8 +199,9 @@ class ModelPainter(param.Parameterized):
     def _how_to_read(self) -> str:
         if self.kind == HEATMAP:
             return "A cell is the share of its true class (row) predicted as its column's class."
-        return ("A ribbon leaves its true class's arc from the arc's first half (clockwise) and lands on the second "
-                "half of the predicted class's; its width is the share of the true class, the busiest arc full.")
+        return ("A ribbon leaves the first half (clockwise) of its true class's arc for the second half of the "
+                "predicted class's, as wide as the share of the true class (the busiest arc full); a bar's pale "
+                "segments are coloured by the predicted class.")
 
     # -- words -------------------------------------------------------------------------------------------
     def summary_html(self) -> str:
@@ -225,3 +224,178 @@ class ModelPainter(param.Parameterized):
             parts.append(f"Selected: true <b>{html.escape(names[t])}</b> → predicted "
                          f"<b>{html.escape(names[p])}</b>, {len(self.state.selection):,} samples at epoch {epoch}.")
         return "<div class='nm-model-summary' style='font-size:13px'>" + " ".join(parts) + "</div>"
+
+    # -- the focused sample -------------------------------------------------------------------------------
+    def shown_sample(self) -> int | None:
+        """The sample whose feature maps are drawn: the focused one if it is a spotlight sample, else
+        the first spotlight sample (``None`` for runs without feature maps)."""
+        spotlight = self.run.spotlight
+        focused = self.state.focused
+        if focused is not None and focused in spotlight:
+            return int(focused)
+        return int(spotlight[0]) if len(spotlight) else None
+
+    def focus_note_html(self) -> str:
+        """Why the maps are not the focused sample's (when so), escaped; else ""."""
+        focused, shown = self.state.focused, self.shown_sample()
+        if focused is None or shown is None or focused == shown:
+            return ""
+        return (f"<div class='nm-focus-note' style='font-size:13px;color:#b35900'>Sample #{int(focused)} (focused) "
+                f"has no recorded feature maps: only the spotlight samples below do. Showing #{shown}; click a "
+                f"thumbnail to focus another.</div>")
+
+    def lacks_html(self) -> str:
+        """What this run lacks for the sample part of the page (``run.lacks``), as escaped text."""
+        missing = [m for m in self.run.lacks if m.startswith(("feature maps", "layer weights"))]
+        if not missing:
+            return ""
+        return ("<div class='nm-model-lacks' style='font-size:13px;color:#666'>This run has no "
+                + "; no ".join(html.escape(m) for m in missing) + ".</div>")
+
+    def _row(self, sample: int) -> int:
+        return int(np.flatnonzero(self.run.samples == sample)[0])
+
+    def sample_html(self) -> str:
+        """The shown sample's id, true label and prediction at this epoch (names escaped)."""
+        sample = self.shown_sample()
+        if sample is None:
+            return ""
+        row, names = self._row(sample), self.run.class_names
+        true, predicted = int(self.run.labels[row]), int(self.predictions()[row])
+        verdict = ("<span style='color:#4c78a8'>correct</span>" if true == predicted
+                   else "<span style='color:#e45756'>wrong</span>")
+        return (f"<div class='nm-model-sample' style='font-size:13px;line-height:1.5'><b>sample #{sample}</b><br>"
+                f"true: <b>{html.escape(names[true])}</b><br>predicted at epoch {int(self.state.epoch)}: "
+                f"<b>{html.escape(names[predicted])}</b> ({verdict})</div>")
+
+    def sample_png(self, sample: int | None = None) -> bytes | None:
+        """The input image of ``sample`` (default: the shown one) as PNG bytes, or ``None`` without images."""
+        sample = self.shown_sample() if sample is None else sample
+        images = self.run.images
+        if sample is None or images is None:
+            return None
+        return plots.thumbnail_png(images.sel(sample=int(sample)).values, scale=max(1, 84 // images.shape[1]))
+
+    def spotlight_grid(self) -> np.ndarray | None:
+        """The spotlight samples' images as one RGBA grid (the shown one opaque, the others faded), or None."""
+        images, spotlight = self.run.images, self.run.spotlight
+        if images is None or not len(spotlight):
+            return None
+        pixels = np.asarray(images.sel(sample=spotlight).values)
+        if pixels.shape[-1] == 1:
+            pixels = np.repeat(pixels, 3, axis=-1)
+        rgba = np.concatenate([pixels, np.full(pixels.shape[:-1] + (1,), 255, dtype=np.uint8)], axis=-1)
+        rgba[spotlight != self.shown_sample(), ..., 3] = 90
+        return tile(rgba)
+
+    def focus_at(self, x: float | None, y: float | None) -> int | None:
+        """Focus the spotlight sample whose thumbnail is at ``(x, y)`` of :meth:`spotlight_grid`."""
+        images, spotlight = self.run.images, self.run.spotlight
+        if x is None or y is None or images is None:
+            return None
+        k = tile_at(len(spotlight), images.shape[1], images.shape[2], x, y)
+        if k is not None:
+            self.state.focus(int(spotlight[k]))
+        return k
+
+    # -- feature maps and kernels ---------------------------------------------------------------------------
+    def maps(self, layer: str) -> np.ndarray:
+        """``(channel, y, x)`` feature maps of the shown sample at ``layer`` and the current epoch."""
+        spotlight = list(self.run.spotlight)
+        return self.run.feature_maps(layer, int(self.state.epoch))[spotlight.index(self.shown_sample())]
+
+    def map_grid(self, layer: str) -> np.ndarray:
+        """The shown sample's feature maps at ``layer`` as one RGBA grid (channel 0 top left, row by row)."""
+        maps = self.maps(layer).astype(np.float64)
+        if self.map_scale == "shared":
+            lo, hi = np.nanmin(maps), np.nanmax(maps)
+            levels = (maps - lo) / (hi - lo if hi > lo else 1.0)
+        else:
+            lo = np.nanmin(maps, axis=(1, 2), keepdims=True)
+            hi = np.nanmax(maps, axis=(1, 2), keepdims=True)
+            levels = (maps - lo) / np.where(hi > lo, hi - lo, 1.0)
+        return tile(colorize(levels, _viridis()))
+
+    def channel_at(self, layer: str, x: float, y: float) -> int | None:
+        """The channel whose tile of ``layer``'s grid holds ``(x, y)`` (grid pixels, y up), or ``None``."""
+        channels, h, w = self.maps(layer).shape
+        return tile_at(channels, h, w, x, y)
+
+    def pick_channel(self, layer: str, x: float | None, y: float | None) -> int | None:
+        """Show the kernels feeding the channel clicked at ``(x, y)`` of ``layer``'s grid."""
+        channel = None if x is None or y is None else self.channel_at(layer, x, y)
+        if channel is not None:
+            self.channel = (layer, channel)
+        return channel
+
+    def kernels(self) -> tuple[np.ndarray | None, str]:
+        """``(RGBA grid of the kernels feeding the clicked channel, or None; what it shows, escaped)``.
+
+        One tile per input channel, on a diverging scale symmetric about 0 and fixed over the epochs
+        (the layer's largest ``|w|`` at any epoch), so a step shows how the kernels change.
+        """
+        if self.channel is None:
+            return None, "Click a feature map to see the kernels that make it."
+        layer, channel = self.channel
+        name = html.escape(layer)
+        if layer not in self.run.weight_layers:
+            recorded = ", ".join(html.escape(w) for w in self.run.weight_layers) or "none"
+            return None, (f"The weights of {name} are not recorded (recorded: {recorded}), so its channel {channel}'s "
+                          f"kernels cannot be shown.")
+        weights = self.run.weights(layer, int(self.state.epoch))[channel].astype(np.float64)  # (in, ky, kx)
+        bound = self.run.weight_range(layer) or 1.0
+        grid = tile(colorize((weights / bound + 1) / 2, _diverging()))
+        n = weights.shape[0]
+        return grid, (f"The {n} kernel{'s' if n > 1 else ''} ({weights.shape[1]}×{weights.shape[2]}) feeding {name} channel "
+                      f"{channel} at epoch {int(self.state.epoch)}, one per input channel; blue negative, red positive, "
+                      f"±{bound:.3g} (the layer's largest |w| over all epochs).")
+
+
+def colorize(levels: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """``(..., y, x)`` levels in [0, 1] (NaN: transparent) through a ``(256, 3)`` colour table to RGBA uint8."""
+    finite = np.isfinite(levels)
+    index = np.clip(np.round(np.where(finite, levels, 0) * 255), 0, 255).astype(np.intp)
+    rgba = np.empty(levels.shape + (4,), dtype=np.uint8)
+    rgba[..., :3] = lut[index]
+    rgba[..., 3] = np.where(finite, 255, 0)
+    return rgba
+
+
+def grid_shape(n: int) -> tuple[int, int]:
+    """``(rows, columns)`` of a near-square grid of ``n`` tiles, wider than tall."""
+    cols = int(np.ceil(np.sqrt(n))) if n else 1
+    return int(np.ceil(n / cols)) if n else 1, cols
+
+
+def tile(images: np.ndarray) -> np.ndarray:
+    """``(n, h, w, 4)`` RGBA tiles as one grid image, tile 0 top left, row by row, white gaps between."""
+    n, h, w = images.shape[:3]
+    rows, cols = grid_shape(n)
+    grid = np.full((rows * (h + GAP) - GAP, cols * (w + GAP) - GAP, 4), 255, dtype=np.uint8)
+    for k in range(n):
+        r, c = divmod(k, cols)
+        grid[r * (h + GAP): r * (h + GAP) + h, c * (w + GAP): c * (w + GAP) + w] = images[k]
+    return grid
+
+
+def tile_at(n: int, h: int, w: int, x: float, y: float) -> int | None:
+    """The tile of :func:`tile`'s grid of ``n`` tiles of ``h`` x ``w`` at grid position ``(x, y)`` (y up)."""
+    rows, cols = grid_shape(n)
+    height = rows * (h + GAP) - GAP
+    c, r = int(np.floor(x / (w + GAP))), int(np.floor((height - y) / (h + GAP)))
+    k = r * cols + c
+    return k if 0 <= c < cols and 0 <= r < rows and k < n else None
+
+
+@cache
+def _viridis() -> np.ndarray:
+    from bokeh.palettes import Viridis256
+
+    return raster.hex_to_rgb(list(Viridis256))
+
+
+@cache
+def _diverging() -> np.ndarray:
+    import colorcet
+
+    return raster.hex_to_rgb(list(colorcet.palette["coolwarm"]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from neuromapper import plots
 from neuromapper.views.shell import App
 
 from .conftest import DOCUMENT_IDLE, IMAGE_CHECKSUMS, cli_app_factory, screenshot, wait_until
@@ -67,6 +68,17 @@ def expected_rows(painter) -> dict:
             "bars": [[t, p, int(c)] for t, p, c in zip(bars["true"], bars["predicted"], bars["count"])]}
 
 
+def map_checksums(page) -> dict:
+    """IMAGE_CHECKSUMS of the feature map grids (titled "<layer> · N channels"), keyed by layer."""
+    return {title.split(" · ")[0]: v for title, v in page.evaluate(IMAGE_CHECKSUMS).items() if " channels" in title}
+
+
+def grid_checksum(rgba) -> int:
+    """IMAGE_CHECKSUMS' checksum of a grid as the view pushes it."""
+    flat = plots.tile_grid_source(rgba)["image"][0].ravel().astype(np.int64)
+    return int((flat * (np.arange(flat.size) % 9973 + 1)).sum() % 2147483647)
+
+
 def open_model(page, painter) -> dict:
     page.locator(".bk-tab").filter(has_text="Model").click()
     wait_until(lambda: page.evaluate(CONFUSION_SOURCES) == expected_rows(painter), timeout=60,
@@ -90,6 +102,12 @@ def test_the_model_page_loads_and_follows_the_player(page, console_errors, model
     after = page.evaluate(CONFUSION_SOURCES)
     assert after["chord"] != before["chord"] and after["bars"] != before["bars"]
     assert f"epoch {state.epoch}:" in page.locator(".nm-model-summary").inner_text()
+    # the focused sample's feature maps follow the player too: each layer's grid is the painter's picture now
+    layers = state.run.map_layers
+    expected = {layer: grid_checksum(painter.map_grid(layer)) for layer in layers}
+    wait_until(lambda: map_checksums(page) == expected, message="every layer's feature maps at the new epoch")
+    state.epoch = state.run.epochs[0]
+    assert all(grid_checksum(painter.map_grid(layer)) != expected[layer] for layer in layers)  # they do change
     assert refused == []
     screenshot(page, "model-epoch-1")
 
@@ -119,7 +137,7 @@ def test_a_click_on_a_ribbon_selects_its_samples_and_the_embeddings_page_highlig
     legend = page.locator(".nm-legend-pane .nm-drawn")
     wait_until(lambda: f"{len(expected):,} selected" in legend.inner_text(), timeout=40,
                message=f"'{len(expected):,} selected' on the Embeddings page")
-    wait_until(lambda: all(v != embeddings[k] for k, v in page.evaluate(IMAGE_CHECKSUMS).items()),
+    wait_until(lambda: (now := page.evaluate(IMAGE_CHECKSUMS)) and all(now[k] != v for k, v in embeddings.items()),
                message="every layer's picture to highlight the selection")
     assert page.evaluate(DOCUMENT_IDLE)
     screenshot(page, "model-selection-on-embeddings")
