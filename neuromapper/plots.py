@@ -351,7 +351,7 @@ def tile_grid(rgba: np.ndarray, title: str, px: int = 0) -> hv.RGB:
     """A grid of small images (feature maps, kernels) in grid pixels, y up; ``px`` screen pixels per
     grid pixel (0: at most about 180 px across). ``title`` is data: Bokeh draws titles as canvas text."""
     height, width = rgba.shape[:2]
-    px = px or max(1, min(24, 180 // max(width, height)))
+    px = px or max(1, min(24, round(180 / max(width, height))))
     return hv.RGB(rgba, bounds=(0, 0, width, height), kdims=["x", "y"]).opts(
         title=title, frame_width=width * px, frame_height=height * px, xaxis=None, yaxis=None,
         tools=["tap"], default_tools=[], toolbar=None, bgcolor="white", framewise=False, backend_opts=CANVAS)
