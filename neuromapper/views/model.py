@@ -26,6 +26,7 @@ from panel.io import hold
 
 from .. import plots
 from .model_painter import BARS, CHORD, HEATMAP, ModelPainter
+from .page import Page
 from .state import SessionState
 
 SPOTLIGHT = "spotlight"  # the name of the spotlight thumbnails' grid among the map layers' grids
@@ -40,7 +41,7 @@ def _on_session(fn, *args) -> None:
         fn(*args)
 
 
-class ModelView(pn.viewable.Viewer):
+class ModelView(Page):
     """Confusion charts and the focused sample's feature maps (see the module docstring)."""
 
     def __init__(self, state: SessionState, **params):
@@ -52,9 +53,10 @@ class ModelView(pn.viewable.Viewer):
         self._kernel_tick = hv.streams.Counter()
         self._sources: dict[str, dict[int, object]] = {}  # grid name (a map layer, or SPOTLIGHT) -> Bokeh sources
         self._shown: tuple | None = None  # (sample, epoch, scale) of the maps pushed last
-        state.param.watch(self._refresh, ["epoch", "classes", "run"])
+        # hidden, the page notes a step and draws once when shown again (views/page.py)
+        state.param.watch(self.when_shown(self._refresh), ["epoch", "classes", "run"])
         self.painter.param.watch(self._refresh, ["bars"])
-        state.param.watch(self._push_maps, ["epoch", "focused", "run"])
+        state.param.watch(self.when_shown(self._push_maps), ["epoch", "focused", "run"])
         self.painter.param.watch(self._push_maps, ["map_scale"])
         self._errors = pn.Column(self._errors_pane(), self._bars_pane(), width=plots.CHORD_SIZE + 20,
                                  css_classes=["nm-model-errors"])
