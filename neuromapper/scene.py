@@ -41,6 +41,11 @@ CATEGORY10 = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
               "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 
+MANY_CLASSES = 20
+"""Past this many classes the class toggles become a searchable multi-select and the Model page
+draws a confusion heatmap instead of a chord diagram (a chord of 20 arcs is already crowded)."""
+
+
 def class_palette(names: list[str]) -> dict[str, str]:
     """A fixed colour per class name, as ``#rrggbb``: Category10, glasbey beyond ten classes.
 

@@ -159,7 +159,7 @@ def test_hidden_classes_leave_the_charts_but_bars_still_count_every_prediction(p
 def test_more_classes_than_the_shell_lists_as_buttons_draw_a_heatmap(painter, monkeypatch):
     from neuromapper.views import model_painter
 
-    monkeypatch.setattr(model_painter, "many_classes", lambda: 5)
+    monkeypatch.setattr(model_painter, "MANY_CLASSES", 5)
     assert painter.kind == HEATMAP
 
 

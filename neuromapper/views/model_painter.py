@@ -27,7 +27,7 @@ import numpy as np
 import param
 
 from .. import confusion, plots, raster
-from ..scene import class_palette
+from ..scene import MANY_CLASSES, class_palette
 from .state import SessionState
 
 CHORD = "chord"
@@ -35,13 +35,6 @@ HEATMAP = "heatmap"
 BARS = "bars"
 LABEL_CHARS = 14  # class names on the chord and the axes are cut to this length (hover shows them whole)
 GAP = 1  # pixels between two tiles of a grid (white)
-
-
-def many_classes() -> int:
-    """The class count above which the shell lists classes in a search box, and this page draws a heatmap."""
-    from .shell import MANY_CLASSES  # the shell imports the pages: read its constant when used, not at import
-
-    return MANY_CLASSES
 
 
 def short(name: str, limit: int = LABEL_CHARS) -> str:
@@ -109,7 +102,7 @@ class ModelPainter(param.Parameterized):
     @property
     def kind(self) -> str:
         """The chart of errors: a chord diagram, or a heatmap past ``MANY_CLASSES`` classes."""
-        return HEATMAP if len(self.run.class_names) > many_classes() else CHORD
+        return HEATMAP if len(self.run.class_names) > MANY_CLASSES else CHORD
 
     def chord(self) -> confusion.Chord:
         return confusion.chord(confusion.row_fractions(self.matrix()), self.visible())

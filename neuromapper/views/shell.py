@@ -22,7 +22,7 @@ import panel as pn
 import param
 from panel.io import with_lock
 
-from ..scene import class_palette
+from ..scene import MANY_CLASSES, class_palette
 from .activations import ActivationsView
 from .embedding import EmbeddingView
 from .model import ModelView
@@ -33,7 +33,6 @@ from .training import TrainingView
 from .widgets import text_multichoice
 
 EXTENSIONS = ("tabulator",)  # Panel extensions the pages use: pn.extension(*EXTENSIONS) before serving
-MANY_CLASSES = 20  # beyond this the class toggles become a searchable multi-select
 PAGES = {"Embeddings": EmbeddingView, "Activations": ActivationsView, "Model": ModelView, "Training": TrainingView}
 
 
