@@ -6,7 +6,10 @@ this module builds each chart once and keeps it current:
 * the **errors**: a chord diagram (a heatmap past ``MANY_CLASSES`` classes) and stacked bars per
   true class. They are small (at most a few hundred shapes), so an epoch step or a change of the
   visible classes refreshes them through HoloViews (a ``Counter`` stream event), which updates
-  the Bokeh sources in place; a click arrives as a ``Tap`` position and selects the samples of
+  the Bokeh sources in place. A player step only changes the columns, so once drawn the chord and
+  the bars take the painter's new columns straight into the Bokeh sources HoloViews made (kept by
+  a plot hook), in one document patch: HoloViews' redraw of the four plots cost about 250 ms a
+  step (``benchmarks/bench_views.py``). A click arrives as a ``Tap`` position and selects the samples of
   the pair under it in the shared state, so they light up on the Embeddings page;
 * the **focused sample** (hovered or clicked on any page; by default the first spotlight sample):
   its image, label and prediction, one image grid of feature maps per map layer and the kernels
@@ -30,6 +33,8 @@ from .page import Page
 from .state import SessionState
 
 SPOTLIGHT = "spotlight"  # the name of the spotlight thumbnails' grid among the map layers' grids
+ARCS, RIBBONS, LABELS, KERNELS = "arcs", "ribbons", "labels", "kernels"  # chart parts whose sources a step updates
+CHORD_PARTS = (ARCS, RIBBONS, LABELS)  # in the order of ModelPainter.chord_data()
 
 
 def _on_session(fn, *args) -> None:
@@ -41,6 +46,16 @@ def _on_session(fn, *args) -> None:
         fn(*args)
 
 
+def _in_document(sources, fn) -> None:
+    """Run ``fn`` (which sets the data of ``sources``) now if their document may change here, else on its
+    session's event loop (a state change made on another thread, such as a test's, has no document lock)."""
+    doc = next((source.document for source in sources if source.document is not None), None)
+    if doc is None or doc.session_context is None or pn.state._unblocked(doc):
+        fn()
+    else:
+        doc.add_next_tick_callback(fn)
+
+
 class ModelView(Page):
     """Confusion charts and the focused sample's feature maps (see the module docstring)."""
 
@@ -50,9 +65,10 @@ class ModelView(Page):
         self.painter = ModelPainter(state)
         self._tick = hv.streams.Counter()
         self.taps: dict[str, hv.streams.Tap] = {}  # the charts' click streams, by chart kind
-        self._kernel_tick = hv.streams.Counter()
         self._sources: dict[str, dict[int, object]] = {}  # grid name (a map layer, or SPOTLIGHT) -> Bokeh sources
         self._shown: tuple | None = None  # (sample, epoch, scale) of the maps pushed last
+        self._charts: dict[str, dict[int, object]] = {}  # chart part (ARCS, RIBBONS, LABELS, BARS, KERNELS) -> sources
+        self._drawn: tuple | None = None  # _chart_key() of the charts' last HoloViews redraw
         # hidden, the page notes a step and draws once when shown again (views/page.py)
         state.param.watch(self.when_shown(self._refresh), ["epoch", "classes", "run"])
         self.painter.param.watch(self._refresh, ["bars"])
@@ -69,11 +85,24 @@ class ModelView(Page):
         return plots.confusion_heatmap(painter.rect_data(painter.heatmap()), painter.ticks(), painter.ticks(reverse=True))
 
     def _chord_part(self, part: int, builder, **_):
-        return builder(self.painter.chord_data()[part])
+        return builder(self.painter.chord_data()[part]).opts(hooks=[partial(self._keep_chart, CHORD_PARTS[part])])
 
     def _bars_element(self, **_):
         painter = self.painter
-        return plots.confusion_bars(painter.rect_data(painter.bar_rects()), painter.ticks())
+        return plots.confusion_bars(painter.rect_data(painter.bar_rects()), painter.ticks()).opts(
+            hooks=[partial(self._keep_chart, BARS)])
+
+    def _keep_chart(self, part: str, plot, element) -> None:
+        """HoloViews plot hook: remember the Bokeh source a chart part draws with (for :meth:`_push_charts`)."""
+        source = plot.handles.get("source")
+        if source is not None:
+            self._charts.setdefault(part, {})[id(source)] = source
+            self._drawn = self._chart_key()  # HoloViews draws the state now
+
+    def _chart_key(self) -> tuple:
+        """What a step leaves alone but a HoloViews redraw must follow (the shapes' number and ticks)."""
+        painter = self.painter
+        return id(self.state.run), tuple(painter.visible()), painter.bars, painter.kind
 
     def _dynamic(self, element) -> hv.DynamicMap:
         return hv.DynamicMap(hv.core.spaces.Callable(element, memoize=False), streams=[self._tick])
@@ -98,9 +127,57 @@ class ModelView(Page):
                                  sizing_mode="stretch_width")
 
     def _refresh(self, *_) -> None:
-        if int(self.state.epoch) in self.state.run.epochs:
+        if int(self.state.epoch) not in self.state.run.epochs:
+            return
+        key = self._chart_key()
+        if key != self._drawn or not self._push_charts():
+            self._drawn = key  # the classes, the run or the bars' stacking changed (or nothing drawn yet)
             self._tick.event()
-            self._kernel_tick.event()
+            self._push_kernels()
+
+    def _chart_columns(self) -> dict[str, dict]:
+        """The chord's and the bars' Bokeh source columns at the current epoch, as HoloViews makes them."""
+        painter = self.painter
+        arcs, ribbons, labels = painter.chord_data()
+
+        def polygons(rows: list[dict], vdims: tuple[str, ...]) -> dict:
+            columns = {"xs": [[[np.asarray(r["x"])]] for r in rows], "ys": [[[np.asarray(r["y"])]] for r in rows]}
+            for name in vdims:
+                values = [r[name] for r in rows]
+                columns[name] = values if values and isinstance(values[0], str) else np.asarray(values)
+            return columns
+
+        rects = painter.rect_data(painter.bar_rects())
+        bars = {"left": rects["x0"], "right": rects["x1"], "bottom": rects["y0"], "top": rects["y1"],
+                **{k: rects[k] for k in ("x0", "y0", "x1", "y1", "true", "predicted", "count", "total", "share",
+                                         "color", "alpha")}}
+        return {ARCS: polygons(arcs, ("name", "accuracy", "color")),
+                RIBBONS: polygons(ribbons, ("true", "predicted", "count", "total", "share", "color")),
+                LABELS: {"x": np.asarray(labels["x"]), "y": np.asarray(labels["y"]), "text": list(labels["text"])},
+                BARS: bars}
+
+    def _push_charts(self) -> bool:
+        """A step: the chord's, the bars' and the kernels' new columns in one document patch. False (nothing
+        pushed) when a part is not drawn yet or its columns are not the ones HoloViews drew: then redraw."""
+        if self.painter.kind != CHORD or not self.painter.chord_data()[1] or any(
+                not self._charts.get(part) for part in (*CHORD_PARTS, BARS)):
+            return False  # the heatmap (colour mapped, framewise) and a chord without ribbons go through HoloViews
+        columns = self._chart_columns()
+        sources = [(source, columns[part]) for part in (*CHORD_PARTS, BARS) for source in self._charts[part].values()]
+        if any(set(source.data) != set(data) for source, data in sources):
+            return False
+        kernels = self._kernel_data()
+        kernel_sources = list(self._charts.get(KERNELS, {}).values()) if kernels is not None else []
+
+        def push():
+            with hold():
+                for source, data in sources:
+                    source.data = dict(data)
+                for source in kernel_sources:
+                    source.data = kernels
+
+        _in_document([source for source, _ in sources], push)
+        return True
 
     def _on_tap(self, kind: str, x=None, y=None, **_) -> None:
         """A click on a chart: select the pair under it."""
@@ -173,25 +250,48 @@ class ModelView(Page):
             return  # hovering over samples without maps, or a step that changed nothing here
         self._shown = shown
         data = {name: plots.tile_grid_source(self._grid(name)) for name in self._sources}
-        with hold():
-            for name, sources in self._sources.items():
-                for source in sources.values():
-                    source.data = data[name]
+        pushes = [(source, data[name]) for name, sources in self._sources.items() for source in sources.values()]
+
+        def push():
+            with hold():
+                for source, columns in pushes:
+                    source.data = columns
+
+        _in_document([source for source, _ in pushes], push)
+
+    def _kernel_data(self) -> dict | None:
+        grid, _ = self.painter.kernels()
+        return None if grid is None else plots.tile_grid_source(grid)
+
+    def _keep_kernels(self, plot, element) -> None:
+        """HoloViews plot hook: remember the kernels' Bokeh source and draw the state now (shown late)."""
+        source = plot.handles.get("source")
+        data = self._kernel_data()
+        if source is not None and data is not None and len(source.data.get("image", [])) == 1 and \
+                np.shape(source.data["image"][0]) == np.shape(data["image"][0]):
+            self._charts.setdefault(KERNELS, {})[id(source)] = source
+            source.data = data
+
+    def _push_kernels(self) -> None:
+        data, sources = self._kernel_data(), list(self._charts.get(KERNELS, {}).values())
+        if data is not None and sources:
+            def push():
+                with hold():
+                    for source in sources:
+                        source.data = data
+
+            _in_document(sources, push)
 
     def _kernels_pane(self, channel):
-        """The kernels feeding the clicked channel: a grid whose size is the layer's, refreshed on steps."""
+        """The kernels feeding the clicked channel: a grid whose size is the layer's, pushed new on steps."""
+        self._charts.pop(KERNELS, None)  # the previous channel's grid is gone
         grid, _ = self.painter.kernels()
         if grid is None:
             return pn.Spacer(height=0)
-
-        def element(**_):
-            picture, _ = self.painter.kernels()
-            return plots.tile_grid(picture if picture is not None else grid, "kernels", px=px)
-
         height, width = grid.shape[:2]
         px = max(4, min(24, 200 // max(width, height)))
-        dmap = hv.DynamicMap(hv.core.spaces.Callable(element, memoize=False), streams=[self._kernel_tick])
-        return pn.pane.HoloViews(dmap, css_classes=["nm-kernels"], linked_axes=False)
+        element = plots.tile_grid(grid, "kernels", px=px).opts(hooks=[self._keep_kernels])
+        return pn.pane.HoloViews(element, css_classes=["nm-kernels"], linked_axes=False)
 
     # -- the page -------------------------------------------------------------------------------------
     def controls(self) -> pn.Column:
