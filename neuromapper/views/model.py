@@ -66,7 +66,7 @@ class ModelView(Page):
         self._tick = hv.streams.Counter()
         self.taps: dict[str, hv.streams.Tap] = {}  # the charts' click streams, by chart kind
         self._sources: dict[str, dict[int, object]] = {}  # grid name (a map layer, or SPOTLIGHT) -> Bokeh sources
-        self._shown: tuple | None = None  # (sample, epoch, scale) of the maps pushed last
+        self._shown: tuple | None = None  # (sample, run, epoch, scale) of the maps pushed last
         self._charts: dict[str, dict[int, object]] = {}  # chart part (ARCS, RIBBONS, LABELS, BARS, KERNELS) -> sources
         self._drawn: tuple | None = None  # _chart_key() of the charts' last HoloViews redraw
         # hidden, the page notes a step and draws once when shown again (views/page.py)
@@ -191,7 +191,9 @@ class ModelView(Page):
         if painter.shown_sample() is None:
             return pn.Column(pn.pane.HTML(painter.lacks_html(), sizing_mode="stretch_width"), sizing_mode="stretch_width")
         card = pn.Column(
-            pn.pane.PNG(pn.bind(lambda *_: painter.sample_png(), *refs), width=84, height=84, margin=(5, 10)),
+            # the input image is the same at every epoch: a step sends it no more
+            pn.pane.PNG(pn.bind(lambda *_: painter.sample_png(), state.param.focused, state.param.run),
+                        width=84, height=84, margin=(5, 10)),
             pn.pane.HTML(pn.bind(lambda *_: painter.sample_html(), *refs), css_classes=["nm-model-sample-pane"]),
             pn.pane.HTML(pn.bind(lambda *_: painter.focus_note_html(), *refs), sizing_mode="stretch_width"),
             pn.pane.HTML("<div style='font-size:13px'><b>spotlight samples</b>: their feature maps are recorded; "
@@ -245,12 +247,15 @@ class ModelView(Page):
         painter = self.painter
         if not self._sources or painter.shown_sample() is None or int(self.state.epoch) not in self.state.run.epochs:
             return
-        shown = (painter.shown_sample(), int(self.state.epoch), painter.map_scale)
+        shown = (painter.shown_sample(), id(self.state.run), int(self.state.epoch), painter.map_scale)
         if shown == self._shown:
             return  # hovering over samples without maps, or a step that changed nothing here
+        # the spotlight thumbnails change with the shown sample only, not with the epoch or the scale
+        names = [name for name in self._sources
+                 if name != SPOTLIGHT or self._shown is None or self._shown[:2] != shown[:2]]
         self._shown = shown
-        data = {name: plots.tile_grid_source(self._grid(name)) for name in self._sources}
-        pushes = [(source, data[name]) for name, sources in self._sources.items() for source in sources.values()]
+        data = {name: plots.tile_grid_source(self._grid(name)) for name in names}
+        pushes = [(source, data[name]) for name in names for source in self._sources[name].values()]
 
         def push():
             with hold():
