@@ -203,3 +203,26 @@ def test_the_views_read_the_schema_3_parts_through_run_facts(small_run):
     assert run.weight_range("conv1") == max(float(np.abs(k).max()) for k in kernels)
     assert run.weight_kind("conv1") == "conv" and run.boundary(0) is None and run.boundary_grid is None
     assert run.inputs.shape == (300, 64)
+
+
+def test_stored_weights_are_those_of_the_captured_epoch_even_if_training_goes_on_before_the_write(tmp_path, digits, monkeypatch):
+    """The epoch is written on a background thread while training changes the weights in place:
+    the recorder must store a copy taken at capture time, not a view of the live parameters."""
+    import threading
+
+    release = threading.Event()
+    append = store.append_epoch
+
+    def held_append(*args, **kwargs):  # the write waits until training has moved the weights
+        release.wait(10)
+        return append(*args, **kwargs)
+
+    monkeypatch.setattr(store, "append_epoch", held_append)
+    model = DigitCNN(in_channels=1, n_classes=10, image_size=8, width=8)
+    captured = model.conv1[0].weight.detach().numpy().copy()
+    with Recorder(model, layers=["conv1"], probe=(digits.x[:40], digits.y[:40]), path=tmp_path / "run") as rec:
+        rec.capture(0)
+        with torch.no_grad():
+            model.conv1[0].weight.add_(1.0)  # an optimiser step, in place
+        release.set()
+    np.testing.assert_array_equal(store.weights(open_run(tmp_path / "run"), "conv1").sel(epoch=0).values, captured)
