@@ -37,6 +37,9 @@ def painter(state):
     painter.dispose()
 
 
+distributions_densities, distributions_medians = distributions.densities, distributions.medians
+
+
 def _acts(run_path, layer, epoch):
     return np.asarray(layer_activations(open_run(run_path), layer).sel(epoch=epoch).values)
 
@@ -120,6 +123,63 @@ def test_an_epoch_step_changes_the_bars_and_a_selection_becomes_a_group(painter,
     assert SELECTION in painter.groups
     assert painter.members(SELECTION).sum() == 40
     assert np.array_equal(painter.members(MISCLASSIFIED), state.run.predictions[2] != state.run.labels)
+
+
+def _fresh_picture(state, painter, layer):
+    """The picture a new painter with the same options draws (nothing cached)."""
+    other = ActivationsPainter(state)
+    try:
+        other.param.update(layers=painter.layers, groups=painter.groups, pairs=painter.pairs, sort_by=painter.sort_by,
+                           sort_minus=painter.sort_minus, hidden=painter.hidden)
+        return other.picture(layer)[0]
+    finally:
+        other.dispose()
+
+
+def test_cached_bars_equal_freshly_counted_ones_after_steps_sorts_hides_and_new_selections(painter, state):
+    painter.groups = [class_item(1), class_item(2), SELECTION, MISCLASSIFIED]
+    for epoch, sort_by, ids in [(1, class_item(1), slice(0, 30)), (2, class_item(2), slice(0, 30)),
+                                (1, class_item(1), slice(10, 70)), (2, MISCLASSIFIED, slice(10, 70))]:
+        state.epoch = epoch
+        painter.picture("fc1")  # fills the cache for this epoch and selection
+        state.select(state.run.samples[ids])
+        painter.sort_by = sort_by
+        painter.toggle_unit("fc1", 2)
+        np.testing.assert_array_equal(painter.picture("fc1")[0], _fresh_picture(state, painter, "fc1"))
+
+
+def test_a_prefetched_epoch_is_drawn_without_counting_again(painter, state, monkeypatch):
+    painter.groups = [class_item(0), MISCLASSIFIED]
+    painter.sort_by = class_item(0)
+    state.epoch = 1
+    painter.prefetch(2)
+    painter._prefetcher.submit(lambda: None).result(timeout=60)  # the queue is in order: the prefetch is done
+    counted = []
+    monkeypatch.setattr(distributions, "densities", lambda *a, **k: counted.append(a) or distributions_densities(*a))
+    monkeypatch.setattr(distributions, "medians", lambda *a: counted.append(a) or distributions_medians(*a))
+    state.epoch = 2
+    for layer in painter.layers:
+        painter.picture(layer)
+    assert counted == []
+    monkeypatch.undo()
+    np.testing.assert_array_equal(painter.picture("fc2")[0], _fresh_picture(state, painter, "fc2"))
+
+
+def test_statistics_computed_while_the_selection_changed_are_not_kept(painter, state):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        state.select(state.run.samples[:5 + len(calls)])  # the selection moves while this runs
+        return np.zeros(3)
+
+    painter._cached(("test",), compute, selection=True)
+    painter._cached(("test",), compute, selection=True)
+    assert len(calls) == 2
+    painter._cached(("plain",), lambda: np.zeros(2))
+    state.select(state.run.samples[:3])
+    painter._cached(("plain",), lambda: calls.append(1) or np.zeros(2))  # not selection-bound: still cached
+    assert len(calls) == 2
 
 
 def test_dots_show_both_members_of_a_pair_and_the_focused_sample(painter, state):

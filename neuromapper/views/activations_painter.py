@@ -21,6 +21,13 @@ Design (hard to undo, so the reasons are here):
   that hid a unit can show it again; "show all" resets.
 * **The order is computed at every epoch** from the chosen sort key (a group's median moves as
   the network trains, so does the order); "unit index" keeps it fixed.
+* **Per-item statistics are cached in unit order**, keyed by (layer, epoch, item, selection
+  version): a group's density opacities and medians, an instance's activations, the divergence
+  references. A picture is then the cached opacities indexed by the rows' order and composited,
+  so a re-sort or a hide reorders rows without counting anything again, and :meth:`prefetch`
+  computes the next epoch's statistics while the user looks at this one. The cache is bounded
+  (``STATS_CACHE`` entries, the largest a 1,000-class reference of a few MB) and belongs to the
+  session; ``benchmarks/bench_activations.py`` measures what it saves.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 import base64
 import html
 import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -45,6 +53,7 @@ MAX_LAYERS = 4
 RANKED = 12
 HIDDEN_GREY = np.array([150, 150, 150], dtype=np.float64)
 HIDDEN_ALPHA = 0.35
+STATS_CACHE = 256  # per-session (layer, epoch, item) statistics kept; see the module docstring
 
 
 def class_item(c: int) -> str:
@@ -74,7 +83,8 @@ class ActivationsPainter(param.Parameterized):
         super().__init__(**params)
         self.state = state
         self._axes: dict[str, distributions.ValueAxis] = {}
-        self._profiles: dict[tuple, distributions.ClassProfiles] = {}
+        self._stats: OrderedDict = OrderedDict()
+        self._generation = 0  # bumped when the run changes: a value computed across the change is not kept
         self._lock = threading.Lock()
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuromapper-activations")
         self._run_changed()
@@ -88,8 +98,10 @@ class ActivationsPainter(param.Parameterized):
 
     def _run_changed(self, *_) -> None:
         run = self.run
-        self._axes.clear()
-        self._profiles.clear()
+        with self._lock:
+            self._axes.clear()
+            self._stats.clear()
+            self._generation += 1
         layers = run.layers
         self.param.layers.objects = layers
         self.param.score_layer.objects = layers
@@ -180,16 +192,44 @@ class ActivationsPainter(param.Parameterized):
             return ACTIVATION_COLORS["attacked"]
         return ACTIVATION_COLORS[item]
 
-    # -- data at the current epoch -----------------------------------------------------------------
+    # -- data at an epoch (the current one unless given) --------------------------------------------------
     @property
     def epoch(self) -> int:
         return int(self.state.epoch)
 
-    def _epoch_index(self) -> int:
-        return self.run.epochs.index(self.epoch)
+    def _at(self, epoch: int | None) -> int:
+        return self.epoch if epoch is None else int(epoch)
 
-    def members(self, item: str) -> np.ndarray:
-        """Boolean mask over the probe samples of a group item at the current epoch."""
+    def _epoch_index(self, epoch: int | None = None) -> int:
+        return self.run.epochs.index(self._at(epoch))
+
+    def _cached(self, key: tuple, compute, selection: bool = False):
+        """``compute()`` cached under ``key`` (see the module docstring).
+
+        With ``selection`` the value depends on the Embeddings page's selection: its version joins
+        the key, and a value computed while the selection changed is returned but not kept (a
+        prefetch on the background thread must not file a stale selection's statistics under the
+        new version).
+        """
+        version = self.state.selection_version if selection else None
+        with self._lock:
+            generation = self._generation
+            hit = self._stats.get((*key, version))
+            if hit is not None:
+                self._stats.move_to_end((*key, version))
+                return hit
+        value = compute()
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False  # shared by every caller until evicted
+        with self._lock:
+            if generation == self._generation and (not selection or self.state.selection_version == version):
+                self._stats[(*key, version)] = value
+                while len(self._stats) > STATS_CACHE:
+                    self._stats.popitem(last=False)
+        return value
+
+    def members(self, item: str, epoch: int | None = None) -> np.ndarray:
+        """Boolean mask over the probe samples of a group item at ``epoch``."""
         run = self.run
         if item.startswith("class:"):
             return run.labels == int(item[6:])
@@ -198,22 +238,37 @@ class ActivationsPainter(param.Parameterized):
                 return np.zeros(len(run.samples), dtype=bool)
             return np.isin(run.samples, self.state.selection)
         if item == MISCLASSIFIED:
-            return run.predictions[self._epoch_index()] != run.labels
+            return run.predictions[self._epoch_index(epoch)] != run.labels
         raise ValueError(f"group: expected a class, {SELECTION!r} or {MISCLASSIFIED!r}, got {item!r}")
 
-    def values(self, layer: str, item: str) -> np.ndarray:
+    def values(self, layer: str, item: str, epoch: int | None = None) -> np.ndarray:
         """One value per unit of ``layer`` for an item: a group's median or an instance's activation."""
+        epoch = self._at(epoch)
+        return self._cached(("values", layer, epoch, item), lambda: self._values(layer, item, epoch), item == SELECTION)
+
+    def _values(self, layer: str, item: str, epoch: int) -> np.ndarray:
         run = self.run
+        acts = run.activations(layer, epoch)
         if item.startswith("sample:"):
             rows = np.flatnonzero(run.samples == int(item[7:]))
-            return run.activations(layer, self.epoch)[rows[0]].astype(np.float64) if len(rows) else self._nan(layer)
+            return acts[rows[0]].astype(np.float64) if len(rows) else np.full(acts.shape[1], np.nan)
         if item.startswith("twin:"):
             index = list(run.twins.index).index(item[5:])
-            return run.twin_activations(layer, self.epoch)[index].astype(np.float64)
-        return distributions.medians(run.activations(layer, self.epoch)[self.members(item)])
+            return run.twin_activations(layer, epoch)[index].astype(np.float64)
+        return distributions.medians(acts[self.members(item, epoch)])
 
-    def _nan(self, layer: str) -> np.ndarray:
-        return np.full(self.run.activations(layer, self.epoch).shape[1], np.nan)
+    def alphas(self, layer: str, item: str, epoch: int | None = None) -> np.ndarray:
+        """A group's bar opacities ``(units, bins)`` in unit order, 0–255: each bin's count over the unit's fullest."""
+        epoch = self._at(epoch)
+
+        def compute():
+            acts = self.run.activations(layer, epoch)
+            counts = distributions.densities(acts[self.members(item, epoch)], self.axis(layer)).astype(np.float64)
+            peak = counts.max(axis=1, keepdims=True)
+            alpha = np.divide(counts, peak, out=np.zeros_like(counts), where=peak > 0)
+            return np.round(alpha * 255).astype(np.uint8)
+
+        return self._cached(("alphas", layer, epoch, item), compute, item == SELECTION)
 
     def axis(self, layer: str) -> distributions.ValueAxis:
         """The layer's value axis from its first, middle and last recorded epochs (fixed while stepping)."""
@@ -221,12 +276,17 @@ class ActivationsPainter(param.Parameterized):
             if layer not in self._axes:
                 epochs = self.run.epochs
                 picks = sorted({epochs[0], epochs[len(epochs) // 2], epochs[-1]})
-                self._axes[layer] = distributions.value_axis(*(self.run.activations(layer, e) for e in picks))
-            return self._axes[layer]
+                arrays = [self.run.activations(layer, e) for e in picks]
+                self._axes[layer] = (distributions.value_axis(*arrays), arrays[0].shape[1])
+            return self._axes[layer][0]
+
+    def n_units(self, layer: str) -> int:
+        self.axis(layer)
+        return self._axes[layer][1]
 
     def order(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
         """``(shown units in sort order, hidden units by index)`` of ``layer`` at the current epoch."""
-        n_units = self.run.activations(layer, self.epoch).shape[1]
+        n_units = self.n_units(layer)
         hidden = np.array(sorted(u for u in self.hidden.get(layer, ()) if u < n_units), dtype=np.int64)
         if self.sort_by == UNIT_INDEX:
             key = -np.arange(n_units, dtype=np.float64)
@@ -244,19 +304,14 @@ class ActivationsPainter(param.Parameterized):
     # -- pictures ------------------------------------------------------------------------------------
     def picture(self, layer: str) -> tuple[np.ndarray, distributions.ValueAxis, np.ndarray]:
         """``(rgba (rows, bins, 4), value axis, units from the top row down)`` of one layer."""
-        acts = self.run.activations(layer, self.epoch)
         axis = self.axis(layer)
         shown, hidden = self.order(layer)
         rows = np.concatenate([shown, hidden])
         rgba = np.zeros((len(rows), axis.bins, 4), dtype=np.uint8)
         for item in self.groups:
-            counts = distributions.densities(acts[self.members(item)][:, rows], axis).astype(np.float64)
-            peak = counts.max(axis=1, keepdims=True)
-            alpha = np.divide(counts, peak, out=np.zeros_like(counts), where=peak > 0)
-            rgb = raster.hex_to_rgb([self.color(item)])[0]
             layer_rgba = np.zeros_like(rgba)
-            layer_rgba[..., :3] = rgb
-            layer_rgba[..., 3] = np.round(alpha * 255)
+            layer_rgba[..., :3] = raster.hex_to_rgb([self.color(item)])[0]
+            layer_rgba[..., 3] = self.alphas(layer, item)[rows]
             rgba = raster.over(layer_rgba, rgba)
         if len(hidden):
             tail = rgba[len(shown):]
@@ -299,29 +354,17 @@ class ActivationsPainter(param.Parameterized):
         self.hidden = {}
 
     # -- divergence --------------------------------------------------------------------------------------
-    def profiles(self, layer: str) -> distributions.ClassProfiles:
-        key = (layer, self.epoch)
-        with self._lock:
-            cached = self._profiles.get(key)
-        if cached is None:
-            run = self.run
-            cached = distributions.class_profiles(run.activations(layer, self.epoch), run.labels, len(run.class_names))
-            with self._lock:
-                self._profiles[key] = cached
-        return cached
+    def profiles(self, layer: str, epoch: int | None = None) -> distributions.ClassProfiles:
+        """The class references of ``layer`` at ``epoch`` (the current one), cached."""
+        run, epoch = self.run, self._at(epoch)
+        return self._cached(("profiles", layer, epoch), lambda: distributions.class_profiles(
+            run.activations(layer, epoch), run.labels, len(run.class_names)))
 
-    def probe_scores(self, layer: str) -> np.ndarray:
-        """Divergence of every probe sample at ``layer`` from its predicted class (current epoch), cached."""
-        key = ("scores", layer, self.epoch)
-        with self._lock:
-            cached = self._profiles.get(key)
-        if cached is None:
-            run = self.run
-            cached = distributions.divergence(run.activations(layer, self.epoch), run.predictions[self._epoch_index()],
-                                              self.profiles(layer))
-            with self._lock:
-                self._profiles[key] = cached
-        return cached
+    def probe_scores(self, layer: str, epoch: int | None = None) -> np.ndarray:
+        """Divergence of every probe sample at ``layer`` from its predicted class at ``epoch``, cached."""
+        run, epoch = self.run, self._at(epoch)
+        return self._cached(("scores", layer, epoch), lambda: distributions.divergence(
+            run.activations(layer, epoch), run.predictions[self._epoch_index(epoch)], self.profiles(layer, epoch)))
 
     def twin_scores(self, layer: str) -> np.ndarray:
         """Divergence of every twin at ``layer`` from its predicted class; NaN where not recorded."""
@@ -443,11 +486,28 @@ class ActivationsPainter(param.Parameterized):
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def prefetch(self, epoch: int | None) -> None:
-        """Read the shown layers at ``epoch`` into the run's cache on a background thread."""
+        """Compute what the page draws at ``epoch`` (the shown layers' statistics) on a background thread."""
         if epoch is None:
             return
-        run, layers = self.run, list(self.layers)
-        self._prefetcher.submit(lambda: [run.activations(layer, epoch) for layer in layers])
+        layers, groups, score_layer = list(self.layers), list(self.groups), self.score_layer
+        items = self.instance_items(list(self.pairs))
+        if self.sort_by != UNIT_INDEX:
+            items.append(self.sort_by)
+        if self.sort_minus != NOTHING:
+            items.append(self.sort_minus)
+        if self.state.focused is not None:
+            items.append(sample_item(self.state.focused))
+
+        def work():
+            for layer in layers:
+                for item in groups:
+                    self.alphas(layer, item, epoch)
+                for item in dict.fromkeys(items):
+                    self.values(layer, item, epoch)
+            if score_layer is not None:
+                self.probe_scores(score_layer, epoch)
+
+        self._prefetcher.submit(work)
 
     def dispose(self) -> None:
         self._prefetcher.shutdown(wait=False, cancel_futures=True)
