@@ -92,11 +92,15 @@ def densities(acts: np.ndarray, axis: ValueAxis) -> np.ndarray:
 
 
 def medians(acts: np.ndarray) -> np.ndarray:
-    """Per-unit median of ``acts`` ``(samples, units)`` ignoring NaN; NaN for an empty group."""
+    """Per-unit median of ``acts`` ``(samples, units)`` ignoring NaN; NaN for an empty group.
+
+    ``np.median`` where there is no NaN: ``np.nanmedian`` loops over units in Python past 600
+    samples (``apply_along_axis``), 28 ms against 14 ms at 1,000 x 512 here.
+    """
     acts = np.asarray(acts, dtype=np.float64)
     if acts.shape[0] == 0:
         return np.full(acts.shape[1], np.nan)
-    return np.nanmedian(acts, axis=0)
+    return np.nanmedian(acts, axis=0) if np.isnan(acts).any() else np.median(acts, axis=0)
 
 
 def neuron_order(key: np.ndarray, hidden=()) -> np.ndarray:
@@ -137,7 +141,7 @@ def class_profiles(acts: np.ndarray, labels: np.ndarray, n_classes: int) -> Clas
 def _robust_spread(acts: np.ndarray, center: np.ndarray) -> np.ndarray:
     if acts.shape[0] == 0:
         return np.full(acts.shape[1], np.nan)
-    return MAD_TO_SIGMA * np.nanmedian(np.abs(acts - center[None, :]), axis=0)
+    return MAD_TO_SIGMA * medians(np.abs(acts - center[None, :]))
 
 
 def divergence(acts: np.ndarray, predicted: np.ndarray, profiles: ClassProfiles) -> np.ndarray:

@@ -67,9 +67,9 @@ def activation_options(title: str, rows: int, lo: float, hi: float) -> dict:
 
 
 def instance_dots(dots: dict) -> hv.Points:
-    """Instances' activations as dots over the bars; ``dots`` has x, y, color and what (plain text)."""
-    return hv.Points(dots, kdims=["x", "y"], vdims=["color", "what"]).opts(
-        color="color", size=5, line_color="white", line_width=0.5, tools=["hover"],
+    """Instances' activations as dots over the bars; ``dots`` has x, y, color, marker and what (plain text)."""
+    return hv.Points(dots, kdims=["x", "y"], vdims=["color", "marker", "what"]).opts(
+        color="color", marker="marker", size=6, line_color="white", line_width=0.5, tools=["hover"],
         hover_tooltips=[("", "@what"), ("activation", "@x{0.000}")])
 
 

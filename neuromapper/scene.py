@@ -35,6 +35,10 @@ UNSELECTED_COLOR = "#b4b4b4"
 ACTIVATION_COLORS = {"selection": "#3d3d3d", "misclassified": "#b8860b",
                      "benign": "#000000", "attacked": "#ff00ff", "focused": "#00a0ff"}
 UNSELECTED_ALPHA = 0.45
+# the Activations page's instance pairs: both dots of a pair share a marker, pairs differ (Bokeh
+# marker name, and the character that stands for it in text)
+PAIR_MARKERS = (("circle", "●"), ("square", "■"), ("triangle", "▲"), ("diamond", "◆"),
+                ("inverted_triangle", "▼"), ("hex", "⬢"))
 
 
 CATEGORY10 = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",

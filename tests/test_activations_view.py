@@ -182,6 +182,31 @@ def test_statistics_computed_while_the_selection_changed_are_not_kept(painter, s
     assert len(calls) == 2
 
 
+def test_a_statistic_asked_for_by_two_threads_at_once_is_computed_once(painter):
+    import threading
+
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def compute():
+        calls.append(1)
+        started.set()
+        release.wait(30)
+        return np.arange(3.0)
+
+    results = []
+    first = threading.Thread(target=lambda: results.append(painter._cached(("both",), compute)))
+    first.start()
+    assert started.wait(30)
+    second = threading.Thread(target=lambda: results.append(painter._cached(("both",), compute)))
+    second.start()
+    second.join(0.2)
+    assert second.is_alive()  # waiting for the first thread's value, not computing it again
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert len(calls) == 1 and len(results) == 2 and results[0] is results[1]
+
+
 def test_dots_show_both_members_of_a_pair_and_the_focused_sample(painter, state):
     twin = painter.pairs[0]
     source = int(state.run.twins.at[twin, "source"])
@@ -195,6 +220,28 @@ def test_dots_show_both_members_of_a_pair_and_the_focused_sample(painter, state)
     assert dots["what"].count(f"focused #{other}") == len(rows)
     axis = painter.axis("fc1")
     assert min(dots["x"]) >= axis.lo and max(dots["x"]) <= axis.hi
+
+
+def test_each_shown_pair_has_its_own_marker_shared_by_its_benign_and_attacked_dots(painter, state):
+    twins = state.run.twins
+    attacked = [t for t in twins.index if twins.at[t, "source"] >= 0]
+    sources = {int(twins.at[t, "source"]) for t in attacked}
+    pairs = [next(t for t in attacked if int(twins.at[t, "source"]) == s) for s in sorted(sources)[:3]]
+    assert len(pairs) == 3
+    painter.pairs = pairs
+    rows = painter.rows("fc1")
+    dots = painter.dots("fc1", rows, painter.axis("fc1"))
+    marker_of = {}
+    for what, marker in zip(dots["what"], dots["marker"]):
+        assert marker_of.setdefault(what, marker) == marker
+    markers = []
+    for t in pairs:
+        twin, benign = painter.twin_label(t), f"benign #{int(twins.at[t, 'source'])}"
+        assert marker_of[twin] == marker_of[benign] == painter.pair_marker(t)[0]
+        markers.append(marker_of[twin])
+    assert len(set(markers)) == 3
+    cards = painter.pair_cards_html()
+    assert [cards.index(painter.pair_marker(t)[1]) for t in pairs] == sorted(cards.index(painter.pair_marker(t)[1]) for t in pairs)
 
 
 def test_divergence_scores_twins_against_their_predicted_class(painter, state, twin_run):

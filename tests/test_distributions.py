@@ -36,6 +36,21 @@ def test_neuron_order_sorts_largest_first_puts_nan_last_and_leaves_hidden_units_
     np.testing.assert_array_equal(distributions.neuron_order(key, hidden=[2, 4]), [0, 3, 1])
 
 
+@pytest.mark.parametrize("rows", [0, 7, 600, 1001])
+def test_medians_equal_numpys_nanmedian_with_and_without_missing_values(rows):
+    acts = np.random.default_rng(rows).normal(size=(rows, 33)).astype(np.float32)
+    if rows:
+        np.testing.assert_array_equal(distributions.medians(acts), np.nanmedian(acts.astype(np.float64), axis=0))
+        acts[::3, 4] = np.nan
+        acts[:, 5] = np.nan
+        with pytest.warns(RuntimeWarning):  # the all-NaN unit, as numpy says
+            expected = np.nanmedian(acts.astype(np.float64), axis=0)
+        with pytest.warns(RuntimeWarning):
+            np.testing.assert_array_equal(distributions.medians(acts), expected)
+    else:
+        assert np.isnan(distributions.medians(acts)).all() and distributions.medians(acts).shape == (33,)
+
+
 def test_divergence_on_a_hand_made_case():
     # class 0: two units with medians 0 and 10 and robust spreads 1.4826 * MAD
     class0 = np.array([[-1.0, 8.0], [0.0, 10.0], [1.0, 12.0]])  # MAD 1 and 2

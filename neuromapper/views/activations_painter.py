@@ -42,7 +42,7 @@ import numpy as np
 import param
 
 from .. import distributions, plots, raster
-from ..scene import ACTIVATION_COLORS, class_palette
+from ..scene import ACTIVATION_COLORS, PAIR_MARKERS, class_palette
 from .state import SessionState
 
 SELECTION = "selection"
@@ -84,6 +84,7 @@ class ActivationsPainter(param.Parameterized):
         self.state = state
         self._axes: dict[str, distributions.ValueAxis] = {}
         self._stats: OrderedDict = OrderedDict()
+        self._computing: dict[tuple, threading.Event] = {}
         self._generation = 0  # bumped when the run changes: a value computed across the change is not kept
         self._lock = threading.Lock()
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuromapper-activations")
@@ -209,24 +210,38 @@ class ActivationsPainter(param.Parameterized):
         With ``selection`` the value depends on the Embeddings page's selection: its version joins
         the key, and a value computed while the selection changed is returned but not kept (a
         prefetch on the background thread must not file a stale selection's statistics under the
-        new version).
+        new version). A key being computed on another thread (the prefetch) is waited for, not
+        computed twice.
         """
-        version = self.state.selection_version if selection else None
+        key = (*key, self.state.selection_version if selection else None)
         with self._lock:
             generation = self._generation
-            hit = self._stats.get((*key, version))
-            if hit is not None:
-                self._stats.move_to_end((*key, version))
-                return hit
-        value = compute()
-        if isinstance(value, np.ndarray):
-            value.flags.writeable = False  # shared by every caller until evicted
-        with self._lock:
-            if generation == self._generation and (not selection or self.state.selection_version == version):
-                self._stats[(*key, version)] = value
-                while len(self._stats) > STATS_CACHE:
-                    self._stats.popitem(last=False)
-        return value
+            if key in self._stats:
+                self._stats.move_to_end(key)
+                return self._stats[key]
+            computing = self._computing.get(key)
+            if computing is None:  # this thread computes it; others asking meanwhile wait for it
+                self._computing[key] = done = threading.Event()
+        if computing is not None:
+            computing.wait()
+            with self._lock:
+                if key in self._stats:
+                    return self._stats[key]
+            return self._cached(key[:-1], compute, selection)  # not kept (see above): compute afresh
+        try:
+            value = compute()
+            if isinstance(value, np.ndarray):
+                value.flags.writeable = False  # shared by every caller until evicted
+            with self._lock:
+                if generation == self._generation and (not selection or self.state.selection_version == key[-1]):
+                    self._stats[key] = value
+                    while len(self._stats) > STATS_CACHE:
+                        self._stats.popitem(last=False)
+            return value
+        finally:
+            with self._lock:
+                self._computing.pop(key, None)
+            done.set()
 
     def members(self, item: str, epoch: int | None = None) -> np.ndarray:
         """Boolean mask over the probe samples of a group item at ``epoch``."""
@@ -320,22 +335,33 @@ class ActivationsPainter(param.Parameterized):
         return rgba, axis, rows
 
     def dots(self, layer: str, rows: np.ndarray, axis: distributions.ValueAxis) -> dict[str, list]:
-        """The instances' dots: value (clipped to the axis), row position, colour and what they are."""
-        out: dict[str, list] = {"x": [], "y": [], "color": [], "what": []}
+        """The instances' dots: value (clipped to the axis), row position, colour, marker and what they are.
+
+        Benign and attacked differ by colour, pairs by marker (:meth:`pair_marker`).
+        """
+        out: dict[str, list] = {"x": [], "y": [], "color": [], "marker": [], "what": []}
         top = len(rows) - 1
-        pair_items = self.instance_items(list(self.pairs))
-        items = [(item, self.color(item), self.label(item)) for item in pair_items]
+        items = [(item, self.color(item), self.pair_marker(twin)[0], self.label(item))
+                 for twin in self.pairs for item in self.instance_items([twin])]
         focused = self.state.focused
-        if focused is not None and sample_item(focused) not in pair_items:
-            items.append((sample_item(focused), ACTIVATION_COLORS["focused"], f"focused #{focused}"))
-        for item, color, label in items:
+        if focused is not None and sample_item(focused) not in {item for item, *_ in items}:
+            items.append((sample_item(focused), ACTIVATION_COLORS["focused"], PAIR_MARKERS[0][0], f"focused #{focused}"))
+        for item, color, marker, label in dict.fromkeys(items):
             values = self.values(layer, item)[rows]
             finite = np.isfinite(values)
-            out["x"] += list(np.clip(values[finite], axis.lo, axis.hi))
-            out["y"] += list(top - np.flatnonzero(finite))
+            out["x"].append(np.clip(values[finite], axis.lo, axis.hi))
+            out["y"].append(top - np.flatnonzero(finite))
             out["color"] += [color] * int(finite.sum())
+            out["marker"] += [marker] * int(finite.sum())
             out["what"] += [label] * int(finite.sum())
+        # numbers as arrays: Bokeh sends them as binary buffers, lists element by element
+        out["x"] = np.concatenate(out["x"]) if out["x"] else np.zeros(0)
+        out["y"] = np.concatenate(out["y"]).astype(np.float64) if out["y"] else np.zeros(0)
         return out
+
+    def pair_marker(self, twin: str) -> tuple[str, str]:
+        """``(Bokeh marker, the character shown for it in text)`` of a shown pair."""
+        return PAIR_MARKERS[list(self.pairs).index(twin) % len(PAIR_MARKERS)]
 
     def unit_at(self, layer: str, y: float) -> int | None:
         """The unit of the row at plot coordinate ``y`` (row 0 at the top), or ``None`` off the rows."""
@@ -468,8 +494,9 @@ class ActivationsPainter(param.Parameterized):
                 verdict = "<span style='color:#777'>not recorded at this epoch</span>"
             label = int(run.twins.at[t, "label"])
             truth = f"true: {html.escape(run.class_names[label])}" if label >= 0 else "no label"
+            marker = f"<span title='its dots' style='font-size:14px'>{self.pair_marker(t)[1]}</span>"
             cards.append(f"<div class='nm-pair' style='display:inline-block;margin:0 12px 6px 0;font-size:12px'>"
-                         f"<div>{' · '.join(part for part in (truth, verdict) if part)}</div><div style='display:flex;gap:6px'>{''.join(parts)}</div></div>")
+                         f"<div>{' · '.join(part for part in (marker, truth, verdict) if part)}</div><div style='display:flex;gap:6px'>{''.join(parts)}</div></div>")
         return "<div class='nm-pairs'>" + "".join(cards) + "</div>"
 
     def _probe_png(self, row: int) -> bytes | None:
