@@ -286,6 +286,24 @@ def test_the_view_pushes_new_pictures_when_the_state_moves(state):
         view.dispose()
 
 
+def test_the_pages_text_follows_the_epoch_only_while_the_page_is_shown(state):
+    view = ActivationsView(state)
+    try:
+        page = view.__panel__()
+        cards = page.select(lambda obj: "nm-pair-cards" in getattr(obj, "css_classes", []))[0]
+        drawn = []
+        cards.param.watch(lambda event: drawn.append(state.epoch), "object", onlychanged=False)
+        view.shown = False
+        state.epoch, state.epoch = 1, 2
+        assert drawn == []  # hidden: nothing drawn
+        view.shown = True
+        assert drawn == [2] and cards.object == view.painter.pair_cards_html()  # drawn once, for the epoch now
+        state.epoch = 1
+        assert drawn == [2, 1] and cards.object == view.painter.pair_cards_html()
+    finally:
+        view.dispose()
+
+
 def test_attack_arrows_start_at_the_benign_point_and_are_drawn_into_the_embedding(twin_run):
     from neuromapper.reduce import reduce
     from neuromapper.views.embedding_painter import EmbeddingPainter

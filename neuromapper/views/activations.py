@@ -204,8 +204,8 @@ class ActivationsView(Page):
         self.state.param.watch(self.when_shown(refresh), ["epoch", "run"])
         self.painter.param.watch(refresh, ["score_layer"])
         table.on_click(lambda event: self._focus_row(table.value, event.row))
-        summary = pn.pane.HTML(pn.bind(lambda *_: self._hypothesis_html(), self.state.param.epoch,
-                                       self.painter.param.score_layer), sizing_mode="stretch_width")
+        summary = self.live_html(self._hypothesis_html, self.state.param.epoch, self.painter.param.score_layer,
+                                 sizing_mode="stretch_width")
         return pn.Column(pn.pane.Markdown("**most divergent** from their predicted class (click to focus)",
                                           margin=(0, 10)), summary, table, width=420)
 
@@ -233,13 +233,12 @@ class ActivationsView(Page):
                 f"{benign_median:.2f}).</div>")
 
     def __panel__(self):
-        cards = pn.pane.HTML(pn.bind(lambda *_: self.painter.pair_cards_html(), self.state.param.epoch,
-                                     self.painter.param.pairs, self.painter.param.score_layer),
-                             sizing_mode="stretch_width", css_classes=["nm-pair-cards"])
-        legend = pn.pane.HTML(pn.bind(lambda *_: self.painter.legend_html(), self.painter.param.groups,
-                                      self.painter.param.pairs, self.state.param.selection_version,
-                                      self.state.param.focused),
-                              sizing_mode="stretch_width", css_classes=["nm-activation-legend"])
+        cards = self.live_html(self.painter.pair_cards_html, self.state.param.epoch, self.painter.param.pairs,
+                               self.painter.param.score_layer, sizing_mode="stretch_width",
+                               css_classes=["nm-pair-cards"])
+        legend = self.live_html(self.painter.legend_html, self.painter.param.groups, self.painter.param.pairs,
+                                self.state.param.selection_version, self.state.param.focused, self.state.param.epoch,
+                                sizing_mode="stretch_width", css_classes=["nm-activation-legend"])
         return pn.Column(pn.Row(pn.Column(legend, cards, sizing_mode="stretch_width"), self._ranking(),
                                 sizing_mode="stretch_width"),
                          self._main, sizing_mode="stretch_width")

@@ -7,7 +7,8 @@ of every step on the Model page, and a Model page opened once kept redrawing aft
 it, doubling the Embeddings page's step (159-201 ms before, 359-388 ms after). So a page wraps
 its expensive watchers with :meth:`Page.when_shown`: while the page is hidden a call is noted
 instead of made, and the noted calls run once, without events, when the shell shows the page
-again (``shown``). Cheap watchers (a marker, a label) need no wrapping.
+again (``shown``). Cheap watchers (a marker, a label) need no wrapping. Text panes that follow
+the state are made with :meth:`Page.live_html` (a ``pn.bind`` pane would redraw while hidden).
 
 ``shown`` defaults to ``True``: a page used on its own (a notebook, a unit test) is on screen.
 """
@@ -44,3 +45,18 @@ class Page(pn.viewable.Viewer):
             deferred, self._deferred = list(self._deferred), {}
             for fn in deferred:
                 fn()
+
+    def live_html(self, render: Callable[[], str], *depends: param.Parameter, **pane: object) -> pn.pane.HTML:
+        """An HTML pane showing ``render()``, drawn again when a parameter in ``depends`` changes.
+
+        Like ``pn.pane.HTML(pn.bind(...))``, except that while the page is hidden the redraw
+        waits until the page is shown (:meth:`when_shown`).
+        """
+        out = pn.pane.HTML(render(), **pane)
+
+        def redraw(*_):
+            out.object = render()
+
+        for parameter in depends:
+            parameter.owner.param.watch(self.when_shown(redraw), [parameter.name])
+        return out
