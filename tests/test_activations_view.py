@@ -304,6 +304,23 @@ def test_the_pages_text_follows_the_epoch_only_while_the_page_is_shown(state):
         view.dispose()
 
 
+def test_the_prefetch_follows_the_players_direction_and_turns_at_the_ends(state, monkeypatch):
+    view = ActivationsView(state)
+    try:
+        view.__panel__()
+        view._sources = {("fc1", "image"): {}}  # as if drawn: the view pushes (and prefetches) on a step
+        asked = []
+        monkeypatch.setattr(view.painter, "prefetch", asked.append)
+        epochs = list(state.param.epoch.objects)
+        assert len(epochs) == 3
+        for epoch in (epochs[1], epochs[2], epochs[1], epochs[0], epochs[2]):
+            state.epoch = epoch
+        # forward, at the end (turns), backward, at the start (turns), forward to the end (turns)
+        assert asked == [epochs[2], epochs[1], epochs[0], epochs[1], epochs[1]]
+    finally:
+        view.dispose()
+
+
 def test_attack_arrows_start_at_the_benign_point_and_are_drawn_into_the_embedding(twin_run):
     from neuromapper.reduce import reduce
     from neuromapper.views.embedding_painter import EmbeddingPainter

@@ -105,13 +105,20 @@ class ActivationsView(Page):
                     source.data = dots
                 for figure in self._figures.get(layer, {}).values():
                     self._label_units(figure, rows)
-        if any(event.name == "epoch" for event in events):
-            self.painter.prefetch(self._next_epoch())
+        steps = [event for event in events if event.name == "epoch"]
+        if steps:
+            old, new = steps[-1].old, steps[-1].new  # epochs are sorted numbers
+            self.painter.prefetch(self._next_epoch(backwards=old is not None and new < old))
 
-    def _next_epoch(self) -> int | None:
+    def _next_epoch(self, backwards: bool = False) -> int | None:
+        """The epoch the player shows next if it keeps going the way it went (it reflects at the ends)."""
         epochs = list(self.state.param.epoch.objects)
-        i = epochs.index(self.state.epoch) if self.state.epoch in epochs else -1
-        return epochs[i + 1] if 0 <= i < len(epochs) - 1 else None
+        if self.state.epoch not in epochs:
+            return None
+        i = epochs.index(self.state.epoch) + (-1 if backwards else 1)
+        if not 0 <= i < len(epochs):
+            i = epochs.index(self.state.epoch) + (1 if backwards else -1)
+        return epochs[i] if 0 <= i < len(epochs) else None
 
     @staticmethod
     def _label_units(figure, rows: np.ndarray) -> None:
