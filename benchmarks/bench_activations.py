@@ -245,18 +245,19 @@ def bench_server(path: Path, n: int, steps: int) -> dict:
             hits = sum(all((layer, epoch, g) in ready for g in painter.groups) for layer in painter.layers)
             state.epoch = epoch
             prefetched = timed(lambda: draw(painter))
+            # what else a step recomputes on the page: the divergence ranking, the summary line, the
+            # pair cards and the legend (panes bound to the epoch), as shipped (after the prefetch)
+            extras = timed(lambda: (painter.ranking(), painter.twin_vs_benign(painter.score_layer),
+                                    painter.pair_cards_html(), painter.legend_html()))
             again = timed(lambda: draw(painter))
             painter._stats.clear()
             warm = timed(lambda: draw(painter))
             painter._stats.clear()
             state.run._arrays.clear()
             cold = timed(lambda: draw(painter))
-            # what else a step recomputes on the page: the divergence ranking, the summary line, the
-            # pair cards and the legend (panes bound to the epoch); class profiles are new at each epoch
-            extras = timed(lambda: (painter.ranking(), painter.twin_vs_benign(painter.score_layer),
-                                    painter.pair_cards_html(), painter.legend_html()))
-            # as ActivationsView._push does: the next epoch in the run's order, whichever way the player goes
-            painter.prefetch(epochs[position + 1] if position + 1 < len(epochs) else None)
+            # as ActivationsView._push does: the epoch the player reaches next going this way (turning at the ends)
+            ahead = position + direction if position + direction in range(len(epochs)) else position - direction
+            painter.prefetch(epochs[ahead])
             if i:  # the first step is a warm-up
                 out["prefetched"].append(prefetched)
                 out["again"].append(again)

@@ -53,6 +53,34 @@ def bars_source_data(rgba: np.ndarray, lo: float, hi: float) -> dict:
     return _image_source(rgba, lo, hi, -0.5, rgba.shape[0] - 0.5)
 
 
+def push_columns(source, data: dict) -> None:
+    """Put ``data`` into a Bokeh ``ColumnDataSource``, sending only the columns that changed.
+
+    ``source.data = data`` sends every column; ``source.data.update`` sends the columns given
+    (Bokeh's ``ColumnDataChangedEvent``). When an epoch step moves the instance dots but not
+    their colours, markers and labels, those stay on the browser's side. A change of columns
+    or of length replaces the data whole, so the browser never sees columns of unequal length.
+    """
+    old = source.data
+    lengths = {len(v) for v in data.values()}
+    if set(old) != set(data) or len(lengths) > 1 or lengths != {len(v) for v in old.values()}:
+        source.data = data
+        return
+    changed = {name: column for name, column in data.items() if not _same_column(old[name], column)}
+    if changed:
+        source.data.update(changed)
+
+
+def _same_column(a, b) -> bool:
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return a.shape == b.shape and np.array_equal(a, b)
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        if a and isinstance(a[0], np.ndarray):  # an image column: one 2-D array per image
+            return all(_same_column(x, y) for x, y in zip(a, b))
+        return a == b
+    return False
+
+
 def activation_height(rows: int) -> int:
     """Height in pixels of a layer's bars with ``rows`` units (toolbar and axis included)."""
     return int(np.clip(rows * 6 + 70, 240, 680))

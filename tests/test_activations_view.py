@@ -321,6 +321,29 @@ def test_the_prefetch_follows_the_players_direction_and_turns_at_the_ends(state,
         view.dispose()
 
 
+def test_a_push_sends_only_the_columns_that_changed():
+    from bokeh.document import Document
+    from bokeh.document.events import ColumnDataChangedEvent
+    from bokeh.models import ColumnDataSource
+
+    from neuromapper import plots
+
+    source = ColumnDataSource({"x": np.zeros(3), "what": ["a", "b", "c"], "image": [np.zeros((2, 2))]*3})
+    doc = Document()
+    doc.add_root(source)
+    events = []
+    doc.on_change(lambda event: events.append(event))
+    plots.push_columns(source, {"x": np.arange(3.0), "what": ["a", "b", "c"], "image": [np.zeros((2, 2))]*3})
+    assert [(type(e), sorted(e.cols)) for e in events] == [(ColumnDataChangedEvent, ["x"])]
+    plots.push_columns(source, {"x": np.arange(3.0), "what": ["a", "b", "c"], "image": [np.zeros((2, 2))]*3})
+    assert len(events) == 1  # nothing changed, nothing sent
+    plots.push_columns(source, {"x": np.arange(3.0), "what": ["a", "b", "d"], "image": [np.ones((2, 2))]*3})
+    assert sorted(events[-1].cols) == ["image", "what"]
+    plots.push_columns(source, {"x": np.arange(4.0), "what": list("abcd"), "image": [np.ones((2, 2))]*4})
+    assert events[-1].cols is None and len(source.data["x"]) == 4  # a new length: the data replaced whole
+    np.testing.assert_array_equal(source.data["x"], np.arange(4.0))
+
+
 def test_attack_arrows_start_at_the_benign_point_and_are_drawn_into_the_embedding(twin_run):
     from neuromapper.reduce import reduce
     from neuromapper.views.embedding_painter import EmbeddingPainter

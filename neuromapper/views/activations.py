@@ -100,9 +100,9 @@ class ActivationsView(Page):
         with hold():
             for layer, (bars, dots, rows) in pictures.items():
                 for source in self._sources.get((layer, "image"), {}).values():
-                    source.data = bars
+                    plots.push_columns(source, bars)
                 for source in self._sources.get((layer, "dots"), {}).values():
-                    source.data = dots
+                    plots.push_columns(source, dots)
                 for figure in self._figures.get(layer, {}).values():
                     self._label_units(figure, rows)
         steps = [event for event in events if event.name == "epoch"]

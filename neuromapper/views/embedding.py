@@ -166,8 +166,8 @@ class EmbeddingView(Page):
                            hooks=[partial(self._keep_source, layer, "image")])
         pane = pn.pane.HoloViews((image * ring).opts(show_legend=False), linked_axes=False,
                                  sizing_mode="stretch_width", css_classes=["nm-layer"])
-        quality = pn.pane.HTML(pn.bind(lambda *_: self.painter.quality_html(layer), self.state.param.epoch,
-                                       self.state.param.scene), sizing_mode="stretch_width", margin=(0, 10))
+        quality = self.live_html(lambda: self.painter.quality_html(layer), self.state.param.epoch,
+                                 self.state.param.scene, sizing_mode="stretch_width", margin=(0, 10))
         panel = pn.Column(pane, quality, margin=0, name=layer, sizing_mode="stretch_width")
         self._plot_cache[layer] = panel
         return panel
@@ -243,7 +243,7 @@ class EmbeddingView(Page):
         return pn.Row(
             pn.pane.PNG(pn.bind(lambda *_: self.painter.card_thumbnail(), *refs), width=84, height=84, margin=(0, 6),
                         visible=pn.bind(lambda focused: focused is not None, self.state.param.focused)),
-            pn.pane.HTML(pn.bind(lambda *_: self.painter.card_html(), *refs), css_classes=["nm-card"]),
+            self.live_html(self.painter.card_html, *refs, css_classes=["nm-card"]),
             css_classes=["nm-hover-card"], height=90, width=330, margin=(0, 10),
         )
 
@@ -270,11 +270,9 @@ class EmbeddingView(Page):
             span.location = event.new
 
     def __panel__(self):
-        legend = pn.pane.HTML(
-            pn.bind(lambda *_: self.painter.legend_html(), self.painter.param.color_by, self.painter.param.show,
-                    self.state.param.epoch, self.state.param.classes, self.state.param.selection_version,
-                    self.state.param.scene),
-            sizing_mode="stretch_width", css_classes=["nm-legend-pane"])
+        legend = self.live_html(self.painter.legend_html, self.painter.param.color_by, self.painter.param.show,
+                                self.state.param.epoch, self.state.param.classes, self.state.param.selection_version,
+                                self.state.param.scene, sizing_mode="stretch_width", css_classes=["nm-legend-pane"])
         curves = pn.panel(pn.bind(lambda *_: self._curves(), self.state.param.run), sizing_mode="stretch_width")
         return pn.Column(pn.Row(legend, self._card(), sizing_mode="stretch_width"), self._main, curves,
                          sizing_mode="stretch_width")

@@ -194,16 +194,16 @@ class ModelView(Page):
             # the input image is the same at every epoch: a step sends it no more
             pn.pane.PNG(pn.bind(lambda *_: painter.sample_png(), state.param.focused, state.param.run),
                         width=84, height=84, margin=(5, 10)),
-            pn.pane.HTML(pn.bind(lambda *_: painter.sample_html(), *refs), css_classes=["nm-model-sample-pane"]),
-            pn.pane.HTML(pn.bind(lambda *_: painter.focus_note_html(), *refs), sizing_mode="stretch_width"),
+            self.live_html(painter.sample_html, *refs, css_classes=["nm-model-sample-pane"]),
+            self.live_html(painter.focus_note_html, *refs, sizing_mode="stretch_width"),
             pn.pane.HTML("<div style='font-size:13px'><b>spotlight samples</b>: their feature maps are recorded; "
                          "click one to focus it</div>", margin=(6, 10, 0, 10)),
             *self._spotlight_pane(),
             width=210, css_classes=["nm-model-card"])
         layers = [self._grid_pane(layer) for layer in painter.run.map_layers]
         kernels = pn.Column(
-            pn.pane.HTML(pn.bind(lambda *_: painter.kernels()[1], painter.param.channel, state.param.epoch),
-                         sizing_mode="stretch_width", css_classes=["nm-kernels-note"]),
+            self.live_html(lambda: painter.kernels()[1], painter.param.channel, state.param.epoch,
+                           sizing_mode="stretch_width", css_classes=["nm-kernels-note"]),
             pn.panel(pn.bind(self._kernels_pane, painter.param.channel)),
             sizing_mode="stretch_width")
         maps = pn.Column(
@@ -311,9 +311,9 @@ class ModelView(Page):
 
     def __panel__(self):
         state = self.state
-        summary = pn.pane.HTML(pn.bind(lambda *_: self.painter.summary_html(), state.param.epoch, state.param.classes,
-                                       state.param.selection_version, state.param.run),
-                               sizing_mode="stretch_width", css_classes=["nm-model-summary-pane"])
+        summary = self.live_html(self.painter.summary_html, state.param.epoch, state.param.classes,
+                                 state.param.selection_version, state.param.run,
+                                 sizing_mode="stretch_width", css_classes=["nm-model-summary-pane"])
         return pn.Column(summary, pn.Row(self._errors, self._sample, sizing_mode="stretch_width"),
                          sizing_mode="stretch_width")
 
