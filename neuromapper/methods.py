@@ -9,15 +9,17 @@ everything around them (parameters, caching, storage, parallelism, quality figur
 ``after`` (a :class:`Continuation`) makes a method carry on from an epoch laid out earlier -- the
 last epoch of a stored embedding when the run has grown since -- so that only the new epochs are
 computed. ``anchored-umap`` starts the first new epoch from the stored layout and compares its
-neighbour sets with the stored epoch's (recomputed from its activations), exactly as its loop does
-from one epoch to the next; ``tsne`` starts the first new epoch from the stored layout, as it
-starts every epoch from the one before; ``umap`` and ``pca`` rotate the first new layout onto the
-stored one.
-With exact neighbour search (up to :data:`EXACT_KNN_MAX` samples) the result equals a reduction
-of all epochs at once, bit for bit; above it NN-descent's start differs, so the new epochs may
-differ a little. ``aligned-umap`` optimises all epochs jointly and cannot carry on: it ignores
-``after`` and :mod:`neuromapper.reduce` recomputes every epoch for it. Every method also lays out
-a single epoch (``aligned-umap`` by falling back to ``umap`` for it, as there is nothing to align).
+neighbour sets with the stored epoch's, exactly as its loop does from one epoch to the next;
+``tsne`` starts the first new epoch from the stored layout, as it starts every epoch from the one
+before; ``umap`` and ``pca`` rotate the first new layout onto the stored one.
+``anchored-umap`` reads the stored epoch's neighbour sets from ``Continuation.neighbours`` (stored
+with the embedding) and the result equals a reduction of all epochs at once, bit for bit. Without
+them it rebuilds that epoch's graph from ``Continuation.activations``: with exact neighbour
+search (up to :data:`EXACT_KNN_MAX` samples) that is the same graph and the same result; above it
+the rebuilt graph starts NN-descent differently, so the new epochs may differ a little.
+``aligned-umap`` optimises all epochs jointly and cannot carry on: it ignores ``after`` and
+:mod:`neuromapper.reduce` recomputes every epoch for it. Every method also lays out a single epoch
+(``aligned-umap`` by falling back to ``umap`` for it, as there is nothing to align).
 
 Every method starts from the same **pre-embedding**: each epoch's activations are reduced to
 :data:`PCA_COMPONENTS` dimensions by PCA (layers that narrow are used as they are), which
@@ -92,6 +94,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -119,6 +122,16 @@ ANCHOR_STRENGTH = 1.0
 SPREAD = 1.0
 TSNE_WARM_ITERS = 250
 
+# Methods whose layers may be reduced on threads of one process at once (neuromapper.reduce does
+# so for small jobs, where worker processes cost more than they save): their heavy parts -- the
+# layout optimiser and fuzzy-graph kernels (numba, nogil, not parallel), scikit-learn's brute-force
+# neighbours, PCA and trustworthiness (BLAS, OpenMP, sorting) -- release the GIL. umap-learn's UMAP
+# and AlignedUMAP launch parallel numba kernels of their own, which numba's "workqueue" threading
+# layer (the one every numba install has) aborts on when two threads launch them at once; the one
+# such kernel anchored-umap reaches, pynndescent's NN-descent, runs under _PARALLEL_KERNELS.
+THREADED_METHODS = frozenset({"anchored-umap"})
+_PARALLEL_KERNELS = threading.Lock()
+
 OnEpoch = Callable[[int, np.ndarray], None]
 ShouldStop = Callable[[], bool]
 
@@ -132,8 +145,11 @@ class Continuation:
     """The last epoch already laid out, for a method to carry on from (see the module docstring)."""
 
     index: int  # its position among the run's epochs: later epochs' seeds follow on from it
-    activations: np.ndarray  # (sample, unit), as recorded
+    activations: np.ndarray | None  # (sample, unit), as recorded; only anchored-umap reads them, without neighbours
     layout: np.ndarray  # (sample, 2) float32, as stored
+    # Its neighbour sets as anchored-umap keeps them (neighbour_ids), stored with the layout: then
+    # anchored-umap reads them instead of rebuilding that epoch's graph from ``activations``.
+    neighbours: np.ndarray | None = None
 
 
 def _never() -> bool:
@@ -176,7 +192,30 @@ class EpochGraph:
 
     @property
     def usable(self) -> bool:
-        return self.graph is not None
+        return self.knn_indices is not None
+
+    @classmethod
+    def from_ids(cls, ids: np.ndarray) -> EpochGraph:
+        """An epoch's rows and neighbour indices from its :func:`neighbour_ids` (no pre-embedding, no graph)."""
+        rows = np.flatnonzero(ids[:, 0] >= 0)
+        g = cls(rows=rows, data=np.empty((0, 0), np.float32))
+        if len(rows):
+            position = np.full(len(ids), -1, dtype=np.int64)
+            position[rows] = np.arange(len(rows))
+            g.knn_indices = position[ids[rows]]
+        return g
+
+
+def neighbour_ids(g: EpochGraph, n_samples: int, k: int) -> np.ndarray:
+    """``g``'s neighbour sets over all samples: ``(n_samples, k)`` sample positions, each sample first.
+
+    -1 for samples without (not finite at that epoch, or an epoch too small to search); the ids
+    that ``anchored-umap`` compares between epochs and stores with the last one.
+    """
+    ids = np.full((n_samples, k), -1, dtype=np.int64)
+    if g.usable:
+        ids[g.rows] = g.rows[g.knn_indices]
+    return ids
 
 
 def nearest_neighbours(data: np.ndarray, k: int, seed: int, init: np.ndarray | None = None,
@@ -200,8 +239,9 @@ def nearest_neighbours(data: np.ndarray, k: int, seed: int, init: np.ndarray | N
     else:
         from pynndescent import NNDescent
 
-        index = NNDescent(data, n_neighbors=k, random_state=seed, n_jobs=1, init_graph=init,
-                          low_memory=True, compressed=True)
+        with _PARALLEL_KERNELS:
+            index = NNDescent(data, n_neighbors=k, random_state=seed, n_jobs=1, init_graph=init,
+                              low_memory=True, compressed=True)
         indices, dists = index.neighbor_graph
         indices, dists = indices.astype(np.int64), dists.astype(np.float32)
     # Brute force computes |x|^2 + |y|^2 - 2x.y, so a point's distance to itself comes out as
@@ -213,14 +253,15 @@ def nearest_neighbours(data: np.ndarray, k: int, seed: int, init: np.ndarray | N
 
 
 def build_graphs(
-    activations, n_neighbors: int, seed: int, cuml=None, should_stop: ShouldStop = _never, first_epoch: int = 0
+    activations, n_neighbors: int, seed: int, cuml=None, should_stop: ShouldStop = _never, first_epoch: int = 0,
+    previous: EpochGraph | None = None,
 ):
     """Yield one :class:`EpochGraph` per epoch (generator: graphs are built as they are needed).
 
     ``activations`` is any sequence of ``(sample, unit)`` arrays; ``first_epoch`` is the position
-    of the first among the run's epochs (it seeds NN-descent).
+    of the first among the run's epochs (it seeds NN-descent); ``previous`` is the graph of the
+    epoch before it, if any (NN-descent starts from it).
     """
-    previous = None
     for epoch, x in enumerate(activations, start=first_epoch):
         if should_stop():
             raise Stopped
@@ -292,14 +333,19 @@ def anchored_umap(
     should_stop: ShouldStop = _never,
     after: Continuation | None = None,
     *,
+    on_neighbours: Callable[[np.ndarray], None] | None = None,
     warm_passes: int = WARM_PASSES,
     warm_alpha: float = WARM_ALPHA,
     anchor_strength: float = ANCHOR_STRENGTH,
 ) -> tuple[np.ndarray, str]:
-    """Warm-started, anchored UMAP layouts of every epoch (see the module docstring)."""
+    """Warm-started, anchored UMAP layouts of every epoch (see the module docstring).
+
+    ``on_neighbours(ids)`` is called at the end with the last epoch's :func:`neighbour_ids`: given
+    back as ``Continuation.neighbours``, they spare a later call rebuilding that epoch's graph.
+    """
     with _one_core_for_the_optimiser():
-        return _anchored_umap(activations, n_neighbors, min_dist, seed, on_epoch, should_stop, after, warm_passes,
-                              warm_alpha, anchor_strength)
+        return _anchored_umap(activations, n_neighbors, min_dist, seed, on_epoch, should_stop, after, on_neighbours,
+                              warm_passes, warm_alpha, anchor_strength)
 
 
 @contextlib.contextmanager
@@ -319,25 +365,35 @@ def _one_core_for_the_optimiser():
         yield
 
 
-def _anchored_umap(activations, n_neighbors, min_dist, seed, on_epoch, should_stop, after, warm_passes, warm_alpha,
-                   anchor_strength):
+def _anchored_umap(activations, n_neighbors, min_dist, seed, on_epoch, should_stop, after, on_neighbours,
+                   warm_passes, warm_alpha, anchor_strength):
     n_epochs, n_samples = activations.shape[:2]
     cuml = cuml_module()
     a, b = _curve(min_dist)
     out = np.full((n_epochs, n_samples, 2), np.nan, dtype=np.float32)
     previous_layout = None if after is None else after.layout
-    previous_ids = None  # (n_samples, k) neighbour ids of the previous placed epoch, -1 if absent
-    # A continued epoch goes through the loop first, for its neighbour ids; its layout is kept.
-    steps = list(activations) if after is None else [after.activations, *activations]
-    first = 0 if after is None else after.index  # position of steps[0] among the run's epochs
-    skip = 0 if after is None else 1
+    previous_ids = None  # (n_samples, k - 1) neighbour ids of the previous placed epoch, -1 if absent
+    previous_graph = None
+    # steps: the activations to go through; first: position of steps[0] among the run's epochs;
+    # skip: steps that are not laid out
+    if after is None:
+        steps, first, skip = list(activations), 0, 0
+    elif after.neighbours is None:
+        # A continued epoch goes through the loop first, for its neighbour ids; its layout is kept.
+        steps, first, skip = [after.activations, *activations], after.index, 1
+    else:  # ...unless its neighbour ids were kept with its layout
+        previous_graph = EpochGraph.from_ids(after.neighbours)
+        if previous_graph.usable:
+            previous_ids = np.ascontiguousarray(after.neighbours[:, 1:], dtype=np.int64)
+        steps, first, skip = list(activations), after.index + 1, 0
+    last_ids = None
     stopped = False
 
     def stop() -> bool:
         return stopped or should_stop()
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuromapper-graphs") as pool:
-        graphs = build_graphs(steps, n_neighbors, seed, cuml, stop, first_epoch=first)
+        graphs = build_graphs(steps, n_neighbors, seed, cuml, stop, first_epoch=first, previous=previous_graph)
         pending = pool.submit(next, graphs, None)
         try:
             for step in range(len(steps)):
@@ -346,10 +402,8 @@ def _anchored_umap(activations, n_neighbors, min_dist, seed, on_epoch, should_st
                     pending = pool.submit(next, graphs, None)
                 if should_stop():
                     raise Stopped
-                ids = None
-                if g.usable:
-                    ids = np.full((n_samples, n_neighbors - 1), -1, dtype=np.int64)
-                    ids[g.rows] = g.rows[g.knn_indices[:, 1:]]
+                last_ids = neighbour_ids(g, n_samples, n_neighbors)
+                ids = np.ascontiguousarray(last_ids[:, 1:]) if g.usable else None
                 epoch = step - skip
                 if epoch < 0:
                     previous_ids = ids
@@ -365,6 +419,8 @@ def _anchored_umap(activations, n_neighbors, min_dist, seed, on_epoch, should_st
         finally:
             stopped = True
             pending.cancel()
+    if on_neighbours is not None:
+        on_neighbours(last_ids)
     return out, "cuml+numba" if cuml is not None else "numba"
 
 

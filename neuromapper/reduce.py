@@ -30,17 +30,23 @@ the last stored layout (:class:`neuromapper.methods.Continuation`), and stores t
 embedding under the same key: the stored coordinates and figures of the earlier epochs are kept
 as they are, byte for byte, trustworthiness and disparity are computed for the new epochs (the
 first new one's disparity against the last stored layout), and progress counts only the new
-(layer, epoch) units. For ``anchored-umap`` (with exact neighbour search) the result equals a
-reduction of all epochs at once. ``aligned-umap`` optimises all epochs jointly and cannot carry
-on: its embedding is recomputed for every epoch. A run of a single epoch is reduced without
-alignment (its disparity is NaN), by every method.
+(layer, epoch) units. For ``anchored-umap`` the result equals a reduction of all epochs at once;
+it reads the neighbour sets of the last stored epoch from the embedding's file
+(:func:`~neuromapper.store.load_neighbours`, stored with every ``anchored-umap`` embedding) instead
+of rebuilding that epoch's graph, and rebuilds them from its activations for an embedding stored
+without them. ``aligned-umap`` optimises all epochs jointly and cannot carry on: its embedding is
+recomputed for every epoch. A run of a single epoch is reduced without alignment (its disparity
+is NaN), by every method.
 
 Parallelism
 -----------
 Layers are independent problems. With several layers and enough work, each layer runs in its own
 worker process (``multiprocessing`` "spawn" pool, safe from a threaded dashboard); workers send
-per-epoch progress back through a queue and are terminated at once on cancellation. With a
-``dask.distributed`` client, layers become tasks on the cluster, progress comes back through a
+per-epoch progress back through a queue and are terminated at once on cancellation. A smaller job
+(a live run's new epoch) would spend more on starting workers than on its layers, so its layers
+run on threads of this process instead, one per core, for the methods whose heavy parts release
+the GIL (:data:`neuromapper.methods.THREADED_METHODS`); the others run one layer after the other.
+With a ``dask.distributed`` client, layers become tasks on the cluster, progress comes back through a
 ``distributed.Queue`` and cancellation goes out through a ``distributed.Event``. Each task names
 the epochs to lay out, so a worker that opens the run after it grew further still computes what
 was asked.
@@ -83,6 +89,7 @@ from .store import (
     layer_activations,
     list_embeddings,
     load_embedding,
+    load_neighbours,
     open_run,
     run_dir,
     write_embedding,
@@ -157,7 +164,8 @@ class LayerTask:
     """Everything a worker needs to reduce one layer (small and picklable).
 
     ``epochs`` are the epoch numbers to lay out; with ``after_epoch``, the layout of that (stored,
-    earlier) epoch is ``after_layout`` and the method carries on from it.
+    earlier) epoch is ``after_layout`` and the method carries on from it, and ``after_neighbours``
+    its neighbour sets when they were stored with it (:func:`neuromapper.store.load_neighbours`).
     """
 
     run: str
@@ -170,6 +178,7 @@ class LayerTask:
     seed: int
     after_epoch: int | None = None
     after_layout: np.ndarray | None = None
+    after_neighbours: np.ndarray | None = None
 
 
 def reduce_layer(task: LayerTask, on_epoch: Callable[[int], None] | None = None,
@@ -178,7 +187,8 @@ def reduce_layer(task: LayerTask, on_epoch: Callable[[int], None] | None = None,
 
     ``on_epoch(i)`` is called as the ``i``-th epoch of ``task.epochs`` is laid out; ``run`` is the
     run already opened (in this process), else it is opened from ``task.run``. Raises
-    :class:`neuromapper.methods.Stopped` when ``should_stop()`` answers true.
+    :class:`neuromapper.methods.Stopped` when ``should_stop()`` answers true. The result's
+    ``neighbours`` are the last epoch's neighbour sets for methods that keep them, else ``None``.
     """
     ds = open_run(task.run) if run is None else run
     recorded = layer_activations(ds, task.layer).isel(sample=task.samples)
@@ -186,9 +196,13 @@ def reduce_layer(task: LayerTask, on_epoch: Callable[[int], None] | None = None,
     after = None
     if task.after_epoch is not None:
         index = [int(e) for e in ds["epoch"].values].index(task.after_epoch)
-        after = _methods.Continuation(index, np.asarray(recorded.sel(epoch=task.after_epoch).values, np.float32),
-                                      task.after_layout)
+        last = None  # not read when its neighbour sets were stored: they are all a method needs of them
+        if task.after_neighbours is None:
+            last = np.asarray(recorded.sel(epoch=task.after_epoch).values, np.float32)
+        after = _methods.Continuation(index, last, task.after_layout, task.after_neighbours)
     method = _methods.METHODS[task.method]
+    kept = {"neighbours": None}
+    options = {"on_neighbours": lambda ids: kept.update(neighbours=ids)} if method is _methods.anchored_umap else {}
     sub = _quality.trust_subsample(activations.shape[1], task.seed)
     n_epochs = activations.shape[0]
     # Trustworthiness of each epoch is computed on a helper thread as soon as the epoch is laid
@@ -203,7 +217,7 @@ def reduce_layer(task: LayerTask, on_epoch: Callable[[int], None] | None = None,
 
         try:
             layouts, backend = method(activations, task.n_neighbors, task.min_dist, task.seed, laid_out,
-                                      should_stop or _methods._never, after)
+                                      should_stop or _methods._never, after, **options)
         except BaseException:
             for future in trust.values():
                 future.cancel()  # stopped or failed: do not wait for figures nobody will read
@@ -213,7 +227,7 @@ def reduce_layer(task: LayerTask, on_epoch: Callable[[int], None] | None = None,
     disparity = np.array([np.nan if b is None else _quality.disparity(b, y) for b, y in zip(before, layouts)])
     unplaced = np.isnan(layouts).any(axis=2).sum(axis=1).astype(np.int32)
     return {"layouts": layouts, "trustworthiness": trust, "disparity": disparity, "unplaced": unplaced,
-            "backend": backend}
+            "backend": backend, "neighbours": kept["neighbours"]}
 
 
 # Worker-process side of the pool: the progress queue and stop event are inherited at start-up.
@@ -303,6 +317,45 @@ def _run_here(tasks, tracker, cancel: Event | None, ds: xr.Dataset) -> list[dict
     for index, task in enumerate(tasks):
         results.append(reduce_layer(task, lambda epoch, i=index: tracker(i, epoch), should_stop, ds))
     return results
+
+
+def _run_threads(tasks, tracker, cancel: Event | None, ds: xr.Dataset, n_threads: int) -> list[dict]:
+    """The layers on ``n_threads`` threads of this process; progress is still reported in this thread."""
+    from threadpoolctl import threadpool_limits
+
+    progress_queue = _queue.SimpleQueue()  # (layer, epoch) as laid out; None as a layer ends
+    failed = threading.Event()
+
+    def should_stop() -> bool:
+        return failed.is_set() or (cancel is not None and cancel.is_set())
+
+    def one(index: int, task: LayerTask) -> dict:
+        try:
+            return reduce_layer(task, lambda epoch: progress_queue.put((index, epoch)), should_stop, ds)
+        except _methods.Stopped:
+            raise
+        except BaseException:
+            failed.set()  # the other layers give up at their next check
+            raise
+        finally:
+            progress_queue.put(None)
+
+    # BLAS gets a share of the cores, as in the process pool; set before the layers start, so that
+    # the limit each layer sets and restores for itself (anchored-umap's) never restores another.
+    with threadpool_limits(max(1, (os.cpu_count() or 1) // n_threads)), \
+            ThreadPoolExecutor(n_threads, thread_name_prefix="neuromapper-layer") as executor:
+        pending = [executor.submit(one, i, task) for i, task in enumerate(tasks)]
+        ended = 0
+        while ended < len(pending):
+            item = progress_queue.get()
+            if item is None:
+                ended += 1
+            else:
+                tracker(*item)
+    errors = [f.exception() for f in pending if not isinstance(f.exception(), (type(None), _methods.Stopped))]
+    if errors:
+        raise errors[0]  # the failure itself, not the layers it stopped
+    return [future.result() for future in pending]
 
 
 def _run_pool(tasks, tracker, cancel: Event | None, n_jobs: int) -> list[dict]:
@@ -424,7 +477,9 @@ def reduce(
         A ``dask.distributed`` client: layers run as tasks on its cluster.
     n_jobs
         Worker processes (one layer each). ``None``: one per layer up to the number of cores when
-        the job is big enough to pay for starting processes, else this process. ``1``: this process.
+        the job is big enough to pay for starting processes, else this process (on one thread per
+        layer up to the number of cores, for ``anchored-umap``). ``1``: this process, one layer
+        after the other.
     force
         Recompute every epoch even when an embedding is stored.
 
@@ -488,21 +543,29 @@ def _compute(ds, root, params, samples, epochs, stored, started, progress, cance
     """Lay out ``epochs`` (after those of ``stored``, if any), store the whole embedding, return it."""
     key = params.key(params.layers)
     after_epoch = None if stored is None else int(stored["epoch"].values[-1])
+    kept = None if stored is None else load_neighbours(root, key, after_epoch)
     tasks = [
         LayerTask(str(root), layer, samples, tuple(epochs), params.method, params.n_neighbors, params.min_dist,
                   params.seed, after_epoch,
-                  None if stored is None else stored.sel(layer=layer, epoch=after_epoch).values)
+                  None if stored is None else stored.sel(layer=layer, epoch=after_epoch).values,
+                  None if kept is None else kept.sel(layer=layer).values)
         for layer in params.layers
     ]
     tracker = _Tracker(progress, tasks, epochs)
+    cores = min(len(tasks), os.cpu_count() or 1)
+    n_threads = 1
     if n_jobs is None:
         big = len(samples) * len(epochs) >= POOL_MIN_POINTS
-        n_jobs = min(len(tasks), os.cpu_count() or 1) if big else 1
+        n_jobs = cores if big else 1
+        if not big and params.method in _methods.THREADED_METHODS:
+            n_threads = cores
     try:
         if client is not None:
             results = _run_dask(tasks, tracker, cancel, client)
         elif n_jobs > 1 and len(tasks) > 1:
             results = _run_pool(tasks, tracker, cancel, min(n_jobs, len(tasks)))
+        elif n_threads > 1:
+            results = _run_threads(tasks, tracker, cancel, ds, n_threads)
         else:
             results = _run_here(tasks, tracker, cancel, ds)
     except _methods.Stopped:
@@ -513,7 +576,11 @@ def _compute(ds, root, params, samples, epochs, stored, started, progress, cance
     da = _assemble(ds, params, key, samples, epochs, results, time.perf_counter() - started)
     if stored is not None:
         da = _extend(stored, da)
-    write_embedding(root, da)
+    neighbours = None
+    if all(r.get("neighbours") is not None for r in results):
+        neighbours = xr.DataArray(np.stack([r["neighbours"] for r in results]), dims=("layer", "sample", "neighbour"),
+                                  coords={"layer": da["layer"].values, "sample": da["sample"].values})
+    write_embedding(root, da, neighbours)
     return load_embedding(root, key)
 
 

@@ -854,7 +854,9 @@ def lacks(ds: xr.Dataset) -> list[str]:
 # (ReduceParams.to_json()), key, backend, created, seconds, written by neuromapper.reduce. The key
 # is a function of the parameters only (see neuromapper.reduce_params), so one file per parameter
 # set; the epochs it covers are read from the file and compared with the run's here, which is
-# what makes a stored embedding current, partial (the run grew since) or stale.
+# what makes a stored embedding current, partial (the run grew since) or stale. The same file may
+# also hold ``neighbours(layer, sample, neighbour)``, the neighbour sets of its last epoch (see
+# :func:`load_neighbours` for why).
 
 EMBEDDING_DIR = "embeddings"
 _KEY_PATTERN = re.compile(rf"^[0-9a-f]{{{KEY_LENGTH}}}$")
@@ -896,15 +898,53 @@ def embedding_file(run, key: str) -> Path:
     return run_dir(run) / EMBEDDING_DIR / f"{key}.nc"
 
 
-def write_embedding(run, embedding: xr.DataArray) -> Path:
+def write_embedding(run, embedding: xr.DataArray, neighbours: xr.DataArray | None = None) -> Path:
     """Store ``embedding`` (from :func:`neuromapper.reduce`) under its ``key`` attribute, atomically.
 
     An embedding stored under the same key is replaced; a crash leaves the old file or the new one.
+    ``neighbours``, the neighbour sets of the embedding's last epoch (see :func:`load_neighbours`),
+    are stored in the same file when given.
     """
     path = embedding_file(run, embedding.attrs.get("key"))
     stored = embedding.rename("embedding").to_dataset()
+    if neighbours is not None:
+        stored[NEIGHBOURS] = neighbours.astype(np.int32)
     stored.attrs = {"neuromapper_schema": SCHEMA_VERSION}
     return write_atomic(stored, path, compression_encoding(stored, 1))
+
+
+NEIGHBOURS = "neighbours"
+
+
+def load_neighbours(run, key: str, epoch: int) -> xr.DataArray | None:
+    """The neighbour sets stored with the embedding ``key`` for its last epoch, ``epoch``; else ``None``.
+
+    Why they are stored: carrying an ``anchored-umap`` embedding on to a new epoch needs the
+    neighbour sets of the last stored epoch (they weight the anchor, and start NN-descent above
+    :data:`neuromapper.methods.EXACT_KNN_MAX` samples). Rebuilt from the activations they cost
+    a PCA and a k-nearest-neighbour search per layer on every live append (0.3 s a layer at
+    10,000 samples, ``benchmarks/RESULTS-live.md``); stored, the append reads them. They sit in
+    the embedding's own file, written in the same atomic write, so they always belong to the
+    stored layouts; they are optional, and ``None`` here (an embedding written before they were
+    stored, by a method that keeps none, or a file whose last epoch is not ``epoch``) means the
+    caller rebuilds them.
+
+    Returns
+    -------
+    xarray.DataArray or None
+        ``neighbours(layer, sample, neighbour)`` int32: positions among the embedding's samples,
+        each sample itself first, -1 where a sample has none (not placed at that epoch).
+    """
+    path = embedding_file(run, key)
+    try:
+        with HDF5_GUARD, open_netcdf(path) as stored:
+            if NEIGHBOURS not in stored.data_vars or int(stored["epoch"].values[-1]) != int(epoch):
+                return None
+            neighbours = stored[NEIGHBOURS].load()
+    except (RunError, OSError, KeyError, IndexError):
+        return None  # unreadable or absent: rebuilt, as for an embedding that never had them
+    neighbours.encoding = {}
+    return neighbours
 
 
 def _read_embedding(path: Path) -> xr.DataArray:
