@@ -80,6 +80,7 @@ depending on its load, the run built once in about 40 s; see ``RESULTS-activatio
     .venv/bin/python benchmarks/bench_activations.py --quick          # smoke run, under a minute
     .venv/bin/python benchmarks/bench_activations.py --skip reference,attacks   # the page's figures only
     .venv/bin/python benchmarks/bench_activations.py --json act.json  # also write the figures
+    .venv/bin/python benchmarks/bench_activations.py --skip server,reference,densities,attacks --js-profile steps.cpuprofile
 """
 
 from __future__ import annotations
@@ -435,7 +436,24 @@ class TimedActivationsView(ActivationsView):
             self.bench_push.append((start, time.perf_counter()))
 
 
-def bench_browser(path: Path, n: int, steps: int, load_timeout: float, step_timeout: float) -> dict:
+def js_profile(cdp, out: Path) -> None:
+    """Stop Chromium's sampling profiler, save its profile (DevTools' ``.cpuprofile``), log the top self times."""
+    profile = cdp.send("Profiler.stop")["profile"]
+    out.write_text(json.dumps(profile))
+    nodes = {node["id"]: node for node in profile["nodes"]}
+    self_ms: dict[str, float] = {}
+    for sample, delta in zip(profile["samples"], profile["timeDeltas"]):
+        frame = nodes[sample]["callFrame"]
+        name = f"{frame['functionName'] or '(anonymous)'} {Path(frame['url']).name}:{frame['lineNumber']}"
+        self_ms[name] = self_ms.get(name, 0.0) + delta / 1e3
+    total = sum(self_ms.values())
+    log(f"  JS profile of the steps ({total:.0f} ms sampled) saved to {out}; top self times:")
+    for name, ms in sorted(self_ms.items(), key=lambda kv: -kv[1])[:25]:
+        log(f"    {ms:8.0f} ms {100 * ms / total:5.1f}%  {name}")
+
+
+def bench_browser(path: Path, n: int, steps: int, load_timeout: float, step_timeout: float,
+                  profile_to: Path | None = None) -> dict:
     import panel as pn
     from bench_dashboard import (
         ServerLog,
@@ -528,6 +546,11 @@ def bench_browser(path: Path, n: int, steps: int, load_timeout: float, step_time
             epochs = list(state.param.epoch.objects)
             position, direction = epochs.index(state.epoch), 1
             step_rows = []
+            if profile_to is not None:
+                cdp = page.page.context.new_cdp_session(page.page)
+                cdp.send("Profiler.enable")
+                cdp.send("Profiler.setSamplingInterval", {"interval": 500})  # microseconds
+                cdp.send("Profiler.start")
             for i in range(steps + 2):  # two warm-up steps
                 if position + direction not in range(len(epochs)):
                     direction = -direction
@@ -548,6 +571,8 @@ def bench_browser(path: Path, n: int, steps: int, load_timeout: float, step_time
             handle = select.element_handle()
             options = dict(zip(select.locator("option").all_inner_texts(),
                                select.locator("option").evaluate_all("els => els.map(e => e.value)")))
+            if profile_to is not None:
+                js_profile(cdp, profile_to)
             sort_rows = []
             for i in range(steps + 2):
                 label = painter.label(class_item(i % 2))
@@ -723,6 +748,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "neuromapper-bench-activations",
                         help="directory for the synthetic run, reused across invocations")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to this JSON file")
+    parser.add_argument("--js-profile", type=Path, metavar="PATH",
+                        help="profile the browser's JavaScript during the epoch steps (a DevTools .cpuprofile) "
+                             "and print where the time went; the profiler slows the steps it measures")
     parser.add_argument("--load-timeout", type=float, default=300, help="seconds for the page (and the tab) to load")
     parser.add_argument("--step-timeout", type=float, default=60, help="seconds for one step or re-sort")
     args = parser.parse_args(argv)
@@ -749,7 +777,7 @@ def main(argv: list[str] | None = None) -> dict:
              ("reference", lambda: bench_reference(path, params["samples"], params["violin_units"], params["overlay_units"])),
              ("densities", lambda: bench_densities(path)),
              ("browser", lambda: bench_browser(path, params["samples"], params["steps"], args.load_timeout,
-                                               args.step_timeout)),
+                                               args.step_timeout, args.js_profile)),
              ("attacks", lambda: bench_attacks(params["pairs"], params["train_epochs"]))]
     for name, fn in parts:
         if name in skip:

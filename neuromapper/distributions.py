@@ -94,13 +94,39 @@ def densities(acts: np.ndarray, axis: ValueAxis) -> np.ndarray:
 def medians(acts: np.ndarray) -> np.ndarray:
     """Per-unit median of ``acts`` ``(samples, units)`` ignoring NaN; NaN for an empty group.
 
-    ``np.median`` where there is no NaN: ``np.nanmedian`` loops over units in Python past 600
-    samples (``apply_along_axis``), 28 ms against 14 ms at 1,000 x 512 here.
+    Equal to ``np.nanmedian(acts.astype(float64), axis=0)`` (``tests/test_distributions.py``), and
+    faster (:func:`_row_medians`).
     """
-    acts = np.asarray(acts, dtype=np.float64)
-    if acts.shape[0] == 0:
-        return np.full(acts.shape[1], np.nan)
-    return np.nanmedian(acts, axis=0) if np.isnan(acts).any() else np.median(acts, axis=0)
+    return _row_medians(_unit_rows(acts))
+
+
+def _unit_rows(acts: np.ndarray) -> np.ndarray:
+    """``acts`` ``(samples, units)`` as contiguous rows ``(units, samples)``, float32 kept.
+
+    Transposed in its own dtype: casting to float64 first makes the transposing copy 6x slower
+    (285 against 44 ms at 10,000 x 512 here); float32 values promote exactly where they meet float64.
+    """
+    acts = np.asarray(acts)
+    if acts.dtype not in (np.float32, np.float64):
+        acts = acts.astype(np.float64)
+    return np.ascontiguousarray(acts.T)
+
+
+def _row_medians(rows: np.ndarray) -> np.ndarray:
+    """Median of each row of ``rows`` ``(units, samples)`` ignoring NaN, in float64.
+
+    Where there is no NaN, the two middle values are found with ``np.partition`` along each
+    unit's contiguous row, in the array's own dtype, and averaged in float64 (as ``np.median``
+    does). Measured at 10,000 x 512 float32 on this VM: ``np.median`` down the columns in float64
+    210-266 ms, this 80-135 ms; ``np.nanmedian`` loops over units in Python past 600 samples.
+    """
+    n = rows.shape[1]
+    if n == 0:
+        return np.full(rows.shape[0], np.nan)
+    if np.isnan(rows).any():
+        return np.nanmedian(rows.astype(np.float64), axis=1)
+    middle = [(n - 1) // 2, n // 2]
+    return np.partition(rows, middle, axis=1)[:, middle].astype(np.float64).mean(axis=1)
 
 
 def neuron_order(key: np.ndarray, hidden=()) -> np.ndarray:
@@ -124,24 +150,23 @@ class ClassProfiles:
 
 def class_profiles(acts: np.ndarray, labels: np.ndarray, n_classes: int) -> ClassProfiles:
     """The reference of each class from the probe ``acts`` and true ``labels`` (module docstring)."""
-    acts = np.asarray(acts, dtype=np.float64)
+    rows = _unit_rows(acts)
     labels = np.asarray(labels)
-    overall = _robust_spread(acts, medians(acts))
+    overall = _robust_spread(rows, _row_medians(rows))
     floor = max(SPREAD_FLOOR_SHARE * float(np.nanmedian(overall)) if np.isfinite(overall).any() else 0.0, 1e-6)
-    center = np.full((n_classes, acts.shape[1]), np.nan)
-    spread = np.full((n_classes, acts.shape[1]), np.nan)
+    center = np.full((n_classes, rows.shape[0]), np.nan)
+    spread = np.full((n_classes, rows.shape[0]), np.nan)
     for c in range(n_classes):
-        members = acts[labels == c]
-        if len(members):
-            center[c] = medians(members)
+        members = rows[:, labels == c]
+        if members.shape[1]:
+            center[c] = _row_medians(members)
             spread[c] = np.fmax(_robust_spread(members, center[c]), floor)
     return ClassProfiles(center, spread)
 
 
-def _robust_spread(acts: np.ndarray, center: np.ndarray) -> np.ndarray:
-    if acts.shape[0] == 0:
-        return np.full(acts.shape[1], np.nan)
-    return MAD_TO_SIGMA * medians(np.abs(acts - center[None, :]))
+def _robust_spread(rows: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """``1.4826 · MAD`` of each row of ``rows`` ``(units, samples)`` around ``center``."""
+    return MAD_TO_SIGMA * _row_medians(np.abs(rows - center[:, None]))
 
 
 def divergence(acts: np.ndarray, predicted: np.ndarray, profiles: ClassProfiles) -> np.ndarray:

@@ -206,13 +206,13 @@ class ActivationsView(Page):
                                      layout="fit_data_fill")
 
         def refresh(*_):
-            table.value = self._ranking_frame()
+            self.after(self.painter.prepare_scores, lambda: setattr(table, "value", self._ranking_frame()))
 
         self.state.param.watch(self.when_shown(refresh), ["epoch", "run"])
         self.painter.param.watch(refresh, ["score_layer"])
         table.on_click(lambda event: self._focus_row(table.value, event.row))
         summary = self.live_html(self._hypothesis_html, self.state.param.epoch, self.painter.param.score_layer,
-                                 sizing_mode="stretch_width")
+                                 prepare=self.painter.prepare_scores, sizing_mode="stretch_width")
         return pn.Column(pn.pane.Markdown("**most divergent** from their predicted class (click to focus)",
                                           margin=(0, 10)), summary, table, width=420)
 
@@ -241,7 +241,8 @@ class ActivationsView(Page):
 
     def __panel__(self):
         cards = self.live_html(self.painter.pair_cards_html, self.state.param.epoch, self.painter.param.pairs,
-                               self.painter.param.score_layer, sizing_mode="stretch_width",
+                               self.painter.param.score_layer, prepare=self.painter.prepare_scores,
+                               sizing_mode="stretch_width",
                                css_classes=["nm-pair-cards"])
         legend = self.live_html(self.painter.legend_html, self.painter.param.groups, self.painter.param.pairs,
                                 self.state.param.selection_version, self.state.param.focused, self.state.param.epoch,
@@ -251,4 +252,5 @@ class ActivationsView(Page):
                          self._main, sizing_mode="stretch_width")
 
     def dispose(self) -> None:
+        super().dispose()
         self.painter.dispose()

@@ -392,6 +392,11 @@ class ActivationsPainter(param.Parameterized):
         return self._cached(("scores", layer, epoch), lambda: distributions.divergence(
             run.activations(layer, epoch), run.predictions[self._epoch_index(epoch)], self.profiles(layer, epoch)))
 
+    def prepare_scores(self) -> None:
+        """Compute (and cache) what the divergence text needs at the current epoch: the slow part of it."""
+        if self.score_layer is not None:
+            self.probe_scores(self.score_layer)
+
     def twin_scores(self, layer: str) -> np.ndarray:
         """Divergence of every twin at ``layer`` from its predicted class; NaN where not recorded."""
         run = self.run

@@ -10,12 +10,19 @@ instead of made, and the noted calls run once, without events, when the shell sh
 again (``shown``). Cheap watchers (a marker, a label) need no wrapping. Text panes that follow
 the state are made with :meth:`Page.live_html` (a ``pn.bind`` pane would redraw while hidden).
 
+Text that needs a slow computation first (the Activations page's divergence scores: class
+references at 10,000 samples take most of a second) is drawn with :meth:`Page.after`: the
+computation runs on the page's background thread and the text is drawn in the session's next
+tick, so a player step sends its pictures first instead of waiting for the words beside them.
+
 ``shown`` defaults to ``True``: a page used on its own (a notebook, a unit test) is on screen.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import panel as pn
 import param
@@ -29,6 +36,7 @@ class Page(pn.viewable.Viewer):
     def __init__(self, **params):
         super().__init__(**params)
         self._deferred: dict[Callable, None] = {}  # an ordered set: each deferred call runs once
+        self._worker: ThreadPoolExecutor | None = None
 
     def when_shown(self, fn: Callable) -> Callable:
         """``fn`` as a watcher that runs now when the page is shown, else once when it is next shown."""
@@ -46,17 +54,52 @@ class Page(pn.viewable.Viewer):
             for fn in deferred:
                 fn()
 
-    def live_html(self, render: Callable[[], str], *depends: param.Parameter, **pane: object) -> pn.pane.HTML:
+    def live_html(self, render: Callable[[], str], *depends: param.Parameter, prepare: Callable[[], object] | None = None,
+                  **pane: object) -> pn.pane.HTML:
         """An HTML pane showing ``render()``, drawn again when a parameter in ``depends`` changes.
 
         Like ``pn.pane.HTML(pn.bind(...))``, except that while the page is hidden the redraw
-        waits until the page is shown (:meth:`when_shown`).
+        waits until the page is shown (:meth:`when_shown`). With ``prepare``, a redraw runs
+        ``prepare()`` first through :meth:`after`.
         """
         out = pn.pane.HTML(render(), **pane)
 
-        def redraw(*_):
+        def draw():
             out.object = render()
+
+        def redraw(*_):
+            if prepare is None:
+                draw()
+            else:
+                self.after(prepare, draw)
 
         for parameter in depends:
             parameter.owner.param.watch(self.when_shown(redraw), [parameter.name])
         return out
+
+    def after(self, prepare: Callable[[], object], then: Callable[[], None]) -> None:
+        """``prepare()`` on the page's background thread, then ``then()`` in the session's next tick.
+
+        Without a served session (a notebook cell, a unit test) both run now, in order.
+        """
+        doc = pn.state.curdoc
+        if doc is None or doc.session_context is None:
+            prepare()
+            then()
+            return
+
+        def work():
+            try:
+                prepare()
+            except Exception:  # then() meets the same error where Panel reports it
+                logging.getLogger(__name__).debug("preparing a page's text failed", exc_info=True)
+            doc.add_next_tick_callback(then)
+
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"neuromapper-{type(self).__name__}")
+        self._worker.submit(work)
+
+    def dispose(self) -> None:
+        """Stop the page's background thread (the session closed)."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=False, cancel_futures=True)

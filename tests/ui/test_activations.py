@@ -9,6 +9,7 @@ from the Bokeh document (``ACTIVATION_PLOTS``) and checked against the session's
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -194,6 +195,11 @@ def test_a_sort_reorders_the_units_and_an_epoch_step_changes_the_bars(page, cons
     # the order follows the group's medians at the new epoch
     assert all(labels_follow(stepped[k], painter.rows(k)) for k in LAYERS)
     assert_bars_are_current(page, painter)
+    # the pair cards' divergence figures follow too (computed off the step, drawn a tick later)
+    figures = re.findall(r"divergence \d+\.\d\d", painter.pair_cards_html())
+    assert figures
+    wait_until(lambda: re.findall(r"divergence \d+\.\d\d", page.locator(".nm-pair-cards .nm-pairs").inner_text())
+               == figures, message="the cards' divergence at epoch 1")
     screenshot(page, "activations-epoch-1")
 
 
