@@ -24,6 +24,9 @@ and for the cost of each attack per pair on the demo CNN. This script prints, in
      step reads its 4 x 20 MB from the netCDF files). The table also says for how many of the
      4 layers the prefetch had every group's statistics ready when the step came.
    * **re-sort**: ``sort_by`` alternating between ``c0`` and ``c1`` (group medians) at one epoch.
+   * **the text beside the bars**: the divergence score's class references, which the page
+     computes on its text thread after the bars are sent (``Page.after``), then the ranking,
+     summary, pair cards and legend.
 
 2. **The plain HoloViews way**, for one layer (512 units x 3 groups of the same samples),
    rendered to Bokeh models with ``hv.render`` (no browser): (a) one ``hv.Violin`` over a long
@@ -233,7 +236,7 @@ def bench_server(path: Path, n: int, steps: int) -> dict:
         group_sizes = {painter.label(g): int(painter.members(g).sum()) for g in painter.groups}
         draw(painter)  # value axes (read from three epochs), twin table: once per session
         out = {"groups": group_sizes, "pairs": [painter.twin_label(t) for t in painter.pairs],
-               "prefetched": [], "again": [], "cold": [], "warm": [], "prefetch_hits": [], "extras": []}
+               "prefetched": [], "again": [], "cold": [], "warm": [], "prefetch_hits": [], "extras": [], "references": []}
         position, direction = 0, 1
         for i in range(steps + 1):
             if position + direction not in range(len(epochs)):
@@ -246,8 +249,10 @@ def bench_server(path: Path, n: int, steps: int) -> dict:
             hits = sum(all((layer, epoch, g) in ready for g in painter.groups) for layer in painter.layers)
             state.epoch = epoch
             prefetched = timed(lambda: draw(painter))
-            # what else a step recomputes on the page: the divergence ranking, the summary line, the
-            # pair cards and the legend (panes bound to the epoch), as shipped (after the prefetch)
+            # what else a step recomputes on the page: the class references of the divergence score
+            # (on the page's text thread, off the step: Page.after), then the ranking, the summary
+            # line, the pair cards and the legend (panes bound to the epoch)
+            references = timed(painter.prepare_scores)
             extras = timed(lambda: (painter.ranking(), painter.twin_vs_benign(painter.score_layer),
                                     painter.pair_cards_html(), painter.legend_html()))
             again = timed(lambda: draw(painter))
@@ -266,6 +271,7 @@ def bench_server(path: Path, n: int, steps: int) -> dict:
                 out["cold"].append(cold)
                 out["prefetch_hits"].append(hits)
                 out["extras"].append(extras)
+                out["references"].append(references)
             log(f"  server step {i}/{steps}: prefetched {prefetched:.0f} ms (ready {hits}/4), again {again:.0f}, "
                 f"cold {cold:.0f}, warm {warm:.0f}, ranking/cards/legend {extras:.0f}")
         resort = []
@@ -678,6 +684,7 @@ def report(r: dict) -> None:
         rows = [("epoch step, prefetched (as shipped)", s["prefetched"]), ("epoch step, drawn again (all cached)", s.get("again", [])),
                 ("epoch step, warm compute (in memory)", s["warm"]), ("epoch step, cold (read from disk)", s["cold"]),
                 ("re-sort (c0 <-> c1 medians)", s["resort"]),
+                ("+ per step, off the step: class references", s.get("references", [])),
                 ("+ per step: ranking, summary, cards, legend", s["extras"])]
         for name, values in rows:
             print(f"   {name:38s}{fmt(pct(values, 50)):>8s}{fmt(pct(values, 95)):>8s}{len(values):>7d}")

@@ -518,10 +518,15 @@ class ActivationsPainter(param.Parameterized):
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def prefetch(self, epoch: int | None) -> None:
-        """Compute what the page draws at ``epoch`` (the shown layers' statistics) on a background thread."""
+        """Compute the bars and dots of the shown layers at ``epoch`` on a background thread.
+
+        The divergence scores are left to the page's text thread (:meth:`prepare_scores`): their
+        class references take most of a second at 10,000 samples, and queued here they held up
+        the next epoch's bars when the user stepped quickly (``bench_activations.py``, py-spy).
+        """
         if epoch is None:
             return
-        layers, groups, score_layer = list(self.layers), list(self.groups), self.score_layer
+        layers, groups = list(self.layers), list(self.groups)
         items = self.instance_items(list(self.pairs))
         if self.sort_by != UNIT_INDEX:
             items.append(self.sort_by)
@@ -536,8 +541,6 @@ class ActivationsPainter(param.Parameterized):
                     self.alphas(layer, item, epoch)
                 for item in dict.fromkeys(items):
                     self.values(layer, item, epoch)
-            if score_layer is not None:
-                self.probe_scores(score_layer, epoch)
 
         self._prefetcher.submit(work)
 
