@@ -15,12 +15,17 @@ whole path in-process, without a browser, through the same objects a served sess
 
 at 2,000 and 10,000 probe samples × 4 layers × 10 epochs of synthetic drifting clusters
 (:func:`neuromapper.synthetic.make_synthetic_run`, 64 units per layer). The aim from issue 9 is
-≤ 2 s at 2,000 samples. The poll interval is part of the figure (on average half of it).
+≤ 2 s at 2,000 samples. The poll interval is part of the figure (on average half of it). Each
+trial also checks that the earlier frames did not move and that the appended epoch equals the
+full recompute's. ``--without-neighbours`` times the append from an embedding stored without
+the last epoch's neighbour sets (as before they were stored, :func:`neuromapper.store.load_neighbours`),
+which rebuilds that epoch's graphs.
 
 Run it from the repository root::
 
     .venv/bin/python benchmarks/bench_live.py                # both sizes, 3 trials each
     .venv/bin/python benchmarks/bench_live.py --sizes 2000 --trials 1
+    .venv/bin/python benchmarks/bench_live.py --without-neighbours
 """
 
 from __future__ import annotations
@@ -47,21 +52,23 @@ from neuromapper.views.state import SessionState  # noqa: E402
 LAYERS, EPOCHS, DIMS = 4, 10, 64
 
 
-def measure(n_samples: int, trials: int, folder: Path) -> dict:
+def measure(n_samples: int, trials: int, folder: Path, without_neighbours: bool = False) -> dict:
     run = make_synthetic_run(folder / f"live-{n_samples}", n_samples=n_samples, n_epochs=EPOCHS, n_layers=LAYERS,
                              dims=DIMS)
     last = store.epoch_file(run, EPOCHS - 1)
     held = folder / f"held-{n_samples}.nc"
     started = time.perf_counter()
-    reduce(run, force=True)
+    whole = reduce(run, force=True)
     full = time.perf_counter() - started
     key = ReduceParams().key(store.open_run(run)["layer"].values)
     shutil.move(last, held)  # the run as it was before its last epoch was recorded
     reduce(run, force=True)
+    if without_neighbours:
+        store.write_embedding(run, store.load_embedding(run, key))
     stored_before = folder / f"embedding-{n_samples}.nc"
     shutil.copy(store.embedding_file(run, key), stored_before)
     before = store.load_embedding(run, key)
-    times, moved = [], []
+    times, moved, equal = [], [], []
     for _ in range(trials):
         shutil.copy(stored_before, store.embedding_file(run, key))
         state = SessionState(run)
@@ -75,11 +82,13 @@ def measure(n_samples: int, trials: int, folder: Path) -> dict:
         times.append(time.perf_counter() - landed)
         after = store.load_embedding(run, key)
         moved.append(not np.array_equal(after.values[: EPOCHS - 1], before.values))
+        equal.append(np.array_equal(after.values[-1], whole.values[-1], equal_nan=True))
         state.dispose()
         os.unlink(last)
     return {"samples": n_samples, "layers": LAYERS, "epochs": EPOCHS, "live_append_s": times,
             "live_append_median_s": statistics.median(times), "full_recompute_s": full,
-            "earlier_frames_moved": any(moved)}
+            "earlier_frames_moved": any(moved), "appended_equals_full": all(equal),
+            "without_neighbours": without_neighbours}
 
 
 def main(argv=None) -> int:
@@ -87,21 +96,23 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", type=lambda t: [int(v) for v in t.split(",")], default=[2000, 10000])
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
+    parser.add_argument("--without-neighbours", action="store_true",
+                        help="append from an embedding stored without the last epoch's neighbour sets")
     args = parser.parse_args(argv)
     print(f"load average before: {os.getloadavg()}", file=sys.stderr)
     results = []
     with tempfile.TemporaryDirectory(prefix="nm-live-") as tmp:
         for n in args.sizes:
-            results.append(measure(n, args.trials, Path(tmp)))
+            results.append(measure(n, args.trials, Path(tmp), args.without_neighbours))
             print(f"  {n:,} samples done", file=sys.stderr)
     print(f"load average after: {os.getloadavg()}", file=sys.stderr)
     print(f"{'samples':>8} {'layers':>6} {'live append (median, s)':>24} {'trials (s)':>22} "
-          f"{'full recompute (s)':>19} {'ratio':>6} {'earlier frames moved':>21}")
+          f"{'full recompute (s)':>19} {'ratio':>6} {'earlier frames moved':>21} {'new epoch = full':>17}")
     for r in results:
         trials = ", ".join(f"{t:.2f}" for t in r["live_append_s"])
         print(f"{r['samples']:>8,} {r['layers']:>6} {r['live_append_median_s']:>24.2f} {trials:>22} "
               f"{r['full_recompute_s']:>19.1f} {r['full_recompute_s'] / r['live_append_median_s']:>5.1f}x "
-              f"{'yes' if r['earlier_frames_moved'] else 'no':>21}")
+              f"{'yes' if r['earlier_frames_moved'] else 'no':>21} {'yes' if r['appended_equals_full'] else 'NO':>17}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
