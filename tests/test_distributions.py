@@ -51,6 +51,24 @@ def test_medians_equal_numpys_nanmedian_with_and_without_missing_values(rows):
         assert np.isnan(distributions.medians(acts)).all() and distributions.medians(acts).shape == (33,)
 
 
+def test_a_large_class_is_referenced_by_a_fixed_subset_that_scores_like_the_whole_class():
+    rng = np.random.default_rng(4)
+    labels = np.repeat([0, 1], [3 * distributions.REFERENCE_SAMPLES, 40])
+    acts = rng.normal(size=(len(labels), 24)) + 3 * labels[:, None]
+    profiles = distributions.class_profiles(acts, labels, 2)
+    again = distributions.class_profiles(acts.copy(), labels, 2)
+    np.testing.assert_array_equal(profiles.center, again.center)  # the same subset every time
+    small = acts[labels == 1]
+    np.testing.assert_array_equal(profiles.center[1], np.median(small, axis=0))  # a small class: every member
+    big = acts[labels == 0]
+    full_center = np.median(big, axis=0)
+    assert not np.array_equal(profiles.center[0], full_center)  # a subset of the big class...
+    assert np.all(np.abs(profiles.center[0] - full_center) < 0.15)  # ...whose medians are close (σ = 1)
+    scores = distributions.divergence(acts, labels, profiles)
+    full = distributions.ClassProfiles(np.stack([full_center, profiles.center[1]]), profiles.spread)
+    np.testing.assert_allclose(scores, distributions.divergence(acts, labels, full), rtol=0.1)
+
+
 def test_divergence_on_a_hand_made_case():
     # class 0: two units with medians 0 and 10 and robust spreads 1.4826 * MAD
     class0 = np.array([[-1.0, 8.0], [0.0, 10.0], [1.0, 12.0]])  # MAD 1 and 2
