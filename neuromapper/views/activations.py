@@ -29,7 +29,7 @@ from .. import plots
 from .activations_painter import NOTHING, UNIT_INDEX, ActivationsPainter
 from .page import Page
 from .state import SessionState
-from .widgets import text_multichoice
+from .widgets import ImmediateSelect, text_multichoice
 
 LABEL_PX = 13  # the unit axis labels every k-th row so that labels are at least this far apart
 
@@ -189,8 +189,8 @@ class ActivationsView(Page):
         def options():
             return {(key if key == plain else painter.label(key)): key for key in parameter.objects}
 
-        widget = pn.widgets.Select(label=label, options=options(), value=getattr(painter, parameter.name),
-                                   sizing_mode="stretch_width")
+        widget = ImmediateSelect(label=label, options=options(), value=getattr(painter, parameter.name),
+                                 sizing_mode="stretch_width")
         widget.param.watch(lambda event: setattr(painter, parameter.name, event.new), "value")
         painter.param.watch(lambda *_: widget.param.update(options=options(), value=getattr(painter, parameter.name)),
                             [parameter.name])

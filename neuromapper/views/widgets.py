@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 
 import panel as pn
+from panel.io import with_lock
 
 
 def text_multichoice(parameter, label: str, labels=str, **kwargs) -> pn.widgets.MultiChoice:
@@ -30,3 +31,19 @@ def text_multichoice(parameter, label: str, labels=str, **kwargs) -> pn.widgets.
 
 def _options(values, labels) -> dict:
     return {html.escape(str(labels(v))): v for v in values}
+
+
+class ImmediateSelect(pn.widgets.Select):
+    """A Select whose change is handled at once, without Panel's 50 ms wait for more changes.
+
+    Panel holds a widget change for ``_debounce`` ms so that a burst is handled once; picking an
+    option is one change, and on the Activations page it re-sorts every layer within a 250 ms
+    budget. As for the shell's ``EpochPlayer``: an undebounced change runs without the document
+    lock unless the coroutine is marked ``with_lock``, and the re-sort changes Bokeh models.
+    """
+
+    _priority_changes = ["value"]
+
+    @with_lock
+    async def _change_coroutine(self, doc, event_id=None) -> None:
+        await super()._change_coroutine(doc, event_id)
