@@ -750,7 +750,7 @@ def report(r: dict) -> None:
                   f"{fmt(pct([x['push_ms'] for x in rows], 50)):>11s}{pct([x['bytes'] for x in rows], 50) / MB:>9.2f}"
                   f"{len(rows):>4d}   {'PASS' if pct(ms, 50) <= AIM_MS else 'FAIL'}")
         print("   server time within a step, p50 ms (the bars: picture + dots; the rest: panes bound to the epoch;")
-        print("   the Embeddings page is hidden but redraws its 4 layers at every step):")
+        print("   the hidden Embeddings page's push is deferred until it is shown, so it should read 0):")
         for name, rows in (("epoch step", b["step"]), ("re-sort", b["resort"])):
             keys = list(rows[0]["parts"])
             print(f"   {name:14s}" + ", ".join(f"{k} {pct([x['parts'][k] for x in rows], 50):.0f}" for k in keys))
