@@ -26,7 +26,7 @@ from .. import plots
 from ..reduce_params import ReduceParams
 from .embedding_painter import EmbeddingPainter
 from .page import Page
-from .state import SessionState
+from .state import SessionState, weak_hook
 from .widgets import text_multichoice
 
 PER_CLASS = {"all": None, "25": 25, "50": 50, "100": 100, "200": 200, "500": 500, "1000": 1000}
@@ -160,10 +160,10 @@ class EmbeddingView(Page):
                                 (hv.streams.PointerXY, self._on_pointer)):
             stream(source=image).add_subscriber(partial(handler, layer))
         ring = hv.DynamicMap(hv.core.spaces.Callable(partial(self._ring_element, layer), memoize=False)).opts(
-            hooks=[partial(self._keep_source, layer, "ring")])
+            hooks=[weak_hook(self._keep_source, layer, "ring")])
         x_range, y_range = self.state.scene.bounds[layer]
         image = image.opts(**plots.layer_options(layer, x_range, y_range),
-                           hooks=[partial(self._keep_source, layer, "image")])
+                           hooks=[weak_hook(self._keep_source, layer, "image")])
         pane = pn.pane.HoloViews((image * ring).opts(show_legend=False), linked_axes=False,
                                  sizing_mode="stretch_width", css_classes=["nm-layer"])
         quality = self.live_html(lambda: self.painter.quality_html(layer), self.state.param.epoch,
@@ -250,7 +250,7 @@ class EmbeddingView(Page):
     def _curves(self) -> pn.pane.HoloViews:
         run = self.state.run
         self._markers.clear()  # the curves are drawn anew when a live run grows: only the new marker moves
-        marker = plots.epoch_marker(self.state.epoch).opts(hooks=[self._keep_marker])
+        marker = plots.epoch_marker(self.state.epoch).opts(hooks=[weak_hook(self._keep_marker)])
         overlay = plots.training_curves(run.epochs, run.curves(), marker)
         tap = hv.streams.Tap(source=overlay)
         tap.add_subscriber(lambda x=None, **_: x is not None and self._on_session(self._jump_to, x))

@@ -30,7 +30,7 @@ from panel.io import hold
 from .. import plots
 from .model_painter import BARS, CHORD, HEATMAP, ModelPainter
 from .page import Page
-from .state import SessionState
+from .state import SessionState, weak_hook
 
 SPOTLIGHT = "spotlight"  # the name of the spotlight thumbnails' grid among the map layers' grids
 ARCS, RIBBONS, LABELS, KERNELS = "arcs", "ribbons", "labels", "kernels"  # chart parts whose sources a step updates
@@ -85,12 +85,12 @@ class ModelView(Page):
         return plots.confusion_heatmap(painter.rect_data(painter.heatmap()), painter.ticks(), painter.ticks(reverse=True))
 
     def _chord_part(self, part: int, builder, **_):
-        return builder(self.painter.chord_data()[part]).opts(hooks=[partial(self._keep_chart, CHORD_PARTS[part])])
+        return builder(self.painter.chord_data()[part]).opts(hooks=[weak_hook(self._keep_chart, CHORD_PARTS[part])])
 
     def _bars_element(self, **_):
         painter = self.painter
         return plots.confusion_bars(painter.rect_data(painter.bar_rects()), painter.ticks()).opts(
-            hooks=[partial(self._keep_chart, BARS)])
+            hooks=[weak_hook(self._keep_chart, BARS)])
 
     def _keep_chart(self, part: str, plot, element) -> None:
         """HoloViews plot hook: remember the Bokeh source a chart part draws with (for :meth:`_push_charts`)."""
@@ -218,7 +218,7 @@ class ModelView(Page):
             return []
         images = self.painter.run.images
         element = plots.tile_grid(grid, "", px=max(1, 24 // images.shape[1])).opts(
-            hooks=[partial(self._keep, SPOTLIGHT)])
+            hooks=[weak_hook(self._keep, SPOTLIGHT)])
         hv.streams.Tap(source=element).add_subscriber(
             lambda x=None, y=None, **_: x is not None and _on_session(self.painter.focus_at, x, y))
         return [pn.pane.HoloViews(element, css_classes=["nm-spotlight"], linked_axes=False)]
@@ -227,7 +227,7 @@ class ModelView(Page):
         """One map layer's feature maps as one image; a click on a map shows the kernels feeding it."""
         channels = self.painter.maps(layer).shape[0]
         element = plots.tile_grid(self.painter.map_grid(layer), f"{layer} · {channels} channels").opts(
-            hooks=[partial(self._keep, layer)])
+            hooks=[weak_hook(self._keep, layer)])
         hv.streams.Tap(source=element).add_subscriber(
             lambda x=None, y=None, **_: x is not None and _on_session(self.painter.pick_channel, layer, x, y))
         return pn.pane.HoloViews(element, css_classes=["nm-feature-map"], linked_axes=False)
@@ -295,7 +295,7 @@ class ModelView(Page):
             return pn.Spacer(height=0)
         height, width = grid.shape[:2]
         px = max(4, min(24, 200 // max(width, height)))
-        element = plots.tile_grid(grid, "kernels", px=px).opts(hooks=[self._keep_kernels])
+        element = plots.tile_grid(grid, "kernels", px=px).opts(hooks=[weak_hook(self._keep_kernels)])
         return pn.pane.HoloViews(element, css_classes=["nm-kernels"], linked_axes=False)
 
     # -- the page -------------------------------------------------------------------------------------

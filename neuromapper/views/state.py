@@ -237,6 +237,27 @@ class SessionState(param.Parameterized):
         self._watcher.unwatch(self._watch_token)
 
 
+def weak_hook(method: Callable, *args) -> Callable:
+    """A HoloViews plot hook calling ``method(*args, plot, element)`` that does not keep ``method``'s view alive.
+
+    HoloViews keeps an element's options, hooks included, in a tree on its global ``Store`` that it
+    drops only once every element using it is collected. A hook bound to a view (``partial(self._keep,
+    ...)``) keeps the view alive from there, and the view keeps its elements, the session's state,
+    painters and Bokeh models: every closed session stayed in the server (issue 12, finding 10; in
+    ``tests/test_session_release.py`` each closed session left its App, SessionState and views
+    reachable from ``Store._custom_options`` through such a hook). Held weakly, the view goes with
+    its session, then its elements, and then HoloViews drops the options tree itself.
+    """
+    ref = weakref.WeakMethod(method)
+
+    def hook(*more):
+        bound = ref()
+        if bound is not None:
+            bound(*args, *more)
+
+    return hook
+
+
 def _describe_job(params: ReduceParams) -> str:
     label = ReduceParams.LABELS[params.method]
     if params.method == "pca":

@@ -20,7 +20,7 @@ from panel.io import hold
 
 from .. import plots
 from .page import Page
-from .state import SessionState
+from .state import SessionState, weak_hook
 from .training_painter import RGB, TrainingPainter
 
 NOTE = "font-size:13px;color:#555"
@@ -71,6 +71,10 @@ class TrainingView(Page):
                 painter.explore_picture(), painter.explore_frame())
         raise KeyError(kind)
 
+    def _keep_span(self, plot, element) -> None:
+        """HoloViews plot hook: remember the epoch line (a Bokeh ``Span``) a step moves."""
+        self._spans[id(plot.handles["glyph"])] = plot.handles["glyph"]
+
     def _keep(self, kind: str, plot, element) -> None:
         """HoloViews plot hook: remember the source a picture draws from, and draw the state now.
 
@@ -103,7 +107,7 @@ class TrainingView(Page):
     def _curves(self, run) -> pn.pane.HoloViews:
         self._spans.clear()  # drawn anew when a live run grows: only the new line moves
         line = plots.epoch_marker(self.state.epoch).opts(
-            hooks=[lambda plot, _: self._spans.__setitem__(id(plot.handles["glyph"]), plot.handles["glyph"])])
+            hooks=[weak_hook(self._keep_span)])
         overlay = plots.training_curves(run.epochs, self.painter.curves(), line)
         hv.streams.Tap(source=overlay).add_subscriber(
             lambda x=None, **_: x is not None and self._on_session(self._jump, x))
@@ -127,14 +131,14 @@ class TrainingView(Page):
             image = plots.weight_grid_rgb(grid, painter.weight_title())
         else:
             image = plots.weight_grid(grid, limit, painter.weight_title())
-        image = image.opts(hooks=[partial(self._keep, "grid")])
+        image = image.opts(hooks=[weak_hook(self._keep, "grid")])
         hv.streams.Tap(source=image).add_subscriber(
             lambda x=None, y=None, **_: x is not None and self._on_session(self._enlarge, x, y))
         first = painter._tiling(painter.state.epoch).tiles[0]
         # an RGB element has no colour bar (HoloViews refuses the option): only the weight image drops it
         big = (plots.weight_grid_rgb(painter._to_rgba(first), "") if channels == RGB
                else plots.weight_grid(first, limit, "").opts(colorbar=False)).opts(
-            hooks=[partial(self._keep, "enlarged")], responsive=False, frame_width=ENLARGED_PX,
+            hooks=[weak_hook(self._keep, "enlarged")], responsive=False, frame_width=ENLARGED_PX,
             frame_height=ENLARGED_PX, tools=[])
         caption = pn.pane.HTML(pn.bind(lambda *_: self._enlarged_html(), painter.param.enlarged),
                                css_classes=["nm-enlarged-name"], margin=(0, 10), width=220)
@@ -164,8 +168,8 @@ class TrainingView(Page):
         self._sources["boundary"], self._sources["contour"] = {}, {}
         x_range, y_range = painter.boundary_ranges()
         picture = plots.probability_image(painter.boundary_picture(), x_range, y_range, painter.boundary_title()).opts(
-            hooks=[partial(self._keep, "boundary")])
-        line = plots.contour_path(painter.boundary_lines()).opts(hooks=[partial(self._keep, "contour")])
+            hooks=[weak_hook(self._keep, "boundary")])
+        line = plots.contour_path(painter.boundary_lines()).opts(hooks=[weak_hook(self._keep, "contour")])
         overlay = (picture * line * plots.class_points(painter.probe_points())).opts(show_legend=False)
         return _pane(overlay, sizing_mode="stretch_width", css_classes=["nm-boundary"])
 
@@ -186,7 +190,7 @@ class TrainingView(Page):
             return pn.Column(note, button, sizing_mode="stretch_width")
         x_range, y_range = painter.explore_bounds()
         image = plots.layer_image(painter.explore_picture(), painter.explore_frame()).opts(
-            hooks=[partial(self._keep, "explore")], **plots.exploration_options(painter.explore_title(), x_range, y_range))
+            hooks=[weak_hook(self._keep, "explore")], **plots.exploration_options(painter.explore_title(), x_range, y_range))
         return _pane(image, sizing_mode="stretch_width", css_classes=["nm-explore"])
 
     # -- the page ---------------------------------------------------------------------------------------

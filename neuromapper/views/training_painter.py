@@ -164,6 +164,7 @@ class TrainingPainter(param.Parameterized):
         self._bounds: dict[tuple, tuple] = {}
         self._pictures: dict[tuple, np.ndarray] = {}
         self._listening: InputTSNE | None = None
+        self._heard: Callable[[], None] | None = None  # our listener on _listening
         self._job_token: int | None = None
         self._class_names: list[str] | None = None
         state.param.watch(self._run_changed, "run")
@@ -451,24 +452,39 @@ class TrainingPainter(param.Parameterized):
         self.param.trigger("explore_method")  # the stored layout is found now
 
     def dispose(self) -> None:
-        """Stop waiting for a t-SNE job (cancelled when no other session waits for it)."""
+        """Stop waiting for a t-SNE job (cancelled when no other session waits for it) or the inputs' t-SNE.
+
+        The inputs' t-SNE is shared by the server's sessions and outlives this one: a listener left
+        on it would keep this painter, and its session, alive.
+        """
         from .jobs import JOBS
 
         if self._job_token is not None:
             JOBS.leave(self._job_token)
             self._job_token = None
+        self._unlisten()
 
     def _listen(self, job: InputTSNE) -> None:
         if job is None or self._listening is job:
             return
+        self._unlisten()
         self._listening = job
 
         def heard():
             self._dispatch(self._tsne_news, job)
 
+        self._heard = heard
         with job.lock:
             job.listeners.append(heard)
         self._tsne_news(job)
+
+    def _unlisten(self) -> None:
+        job, heard = self._listening, self._heard
+        self._listening = self._heard = None
+        if job is not None:
+            with job.lock:
+                if heard in job.listeners:
+                    job.listeners.remove(heard)
 
     def _tsne_news(self, job: InputTSNE) -> None:
         self.tsne_progress = None if job.done else job.progress

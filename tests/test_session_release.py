@@ -1,0 +1,147 @@
+"""A closed browser session leaves nothing of itself in the server (issue 12, finding 10).
+
+``neuromapper serve`` gives every session a fresh :class:`~neuromapper.views.shell.App`; when
+Bokeh destroys the session (its page closed, or never connected) everything the App made must
+become garbage: its state, views, painters and Bokeh document, and the threads it started. The
+tests serve the app in this process (``pn.serve`` in a thread, Bokeh's unused-session lifetime
+cut to five seconds), open a session with a plain HTTP request (Bokeh builds the whole page for it,
+HoloViews plots and their hooks included), step its player once on the session's own loop (which
+starts the Embeddings page's render-ahead thread), and then wait for Bokeh to destroy it.
+
+Before the fix each closed session stayed reachable from HoloViews' global options store, through
+a plot hook bound to its view (``hooks=[partial(self._keep, ...)]``): about 15 MB and one thread a
+session, never given back.
+"""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import threading
+import urllib.request
+import weakref
+
+import panel as pn
+import pytest
+from bokeh.document import Document
+
+from neuromapper import reduce
+from neuromapper.views import shell
+from neuromapper.views.state import SessionState
+
+from .ui.conftest import free_port, listening, wait_until
+
+pytestmark = pytest.mark.slow
+
+SESSION_THREADS = ("neuromapper-ahead",)  # threads a session starts for itself
+
+
+@pytest.fixture(scope="module")
+def embedded(small_run, tmp_path_factory):
+    run = shutil.copytree(small_run, tmp_path_factory.mktemp("release") / "small",
+                          ignore=shutil.ignore_patterns("embeddings"))
+    reduce(run)
+    return run
+
+
+@pytest.fixture
+def server(embedded):
+    """A threaded server of ``serve_app(run)`` that destroys a session five seconds after it is left."""
+    pn.extension(*shell.EXTENSIONS)
+    port = free_port()
+    server = pn.serve({"/": lambda: shell.serve_app(embedded)}, port=port, address="127.0.0.1", threaded=True,
+                      show=False, websocket_origin=[f"127.0.0.1:{port}"], start=True,
+                      unused_session_lifetime_milliseconds=5000, check_unused_sessions_milliseconds=500)
+    wait_until(lambda: listening(port), timeout=30, message=f"the server on port {port}")
+    yield f"http://127.0.0.1:{port}/"
+    server.stop()
+    server.join(timeout=30)
+    pn.state.reset()
+
+
+def alive(kind: type) -> list:
+    gc.collect()
+    return [o for o in gc.get_objects() if issubclass(type(o), kind)]  # type(): isinstance reads __class__, which warns on some objects
+
+
+def session_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(SESSION_THREADS)]
+
+
+def open_and_close(url: str) -> dict[str, weakref.ref]:
+    """Open one session and step its player; weak references to what it made, taken while it lived."""
+    earlier = {id(o) for o in alive(shell.App)} | {id(o) for o in alive(Document)}  # other tests' leftovers
+    with urllib.request.urlopen(url, timeout=120) as response:
+        assert response.status == 200
+    [app] = [a for a in alive(shell.App) if id(a) not in earlier]
+    [doc] = [d for d in alive(Document) if d.session_context is not None and id(d) not in earlier]
+    made = {"App": app, "SessionState": app.state, "document": doc, **app.views,
+            **{f"{name} painter": view.painter for name, view in app.views.items() if hasattr(view, "painter")}}
+    refs = {name: weakref.ref(obj) for name, obj in made.items()}
+    epochs = app.state.param.epoch.objects
+    stepped = threading.Event()
+
+    def step():
+        refs["SessionState"]().epoch = epochs[1]
+        stepped.set()
+
+    doc.add_next_tick_callback(step)
+    del app, doc, made, step
+    assert stepped.wait(60), "the player step never ran on the session's loop"
+    return refs
+
+
+def released(refs: dict[str, weakref.ref]) -> bool:
+    gc.collect()
+    return all(ref() is None for ref in refs.values())
+
+
+def test_a_closed_session_leaves_no_object_and_no_thread(server, monkeypatch):
+    # The Activations page is left out here: its view still binds its plot hooks strongly (see the
+    # xfail below); every other page is in.
+    monkeypatch.setattr(shell, "PAGES", {k: v for k, v in shell.PAGES.items() if k != "Activations"})
+    refs = open_and_close(server)
+    assert session_threads(), "the step started no render-ahead thread: the test no longer covers threads"
+    wait_until(lambda: released(refs), timeout=60, interval=0.5,
+               message=f"the closed session to be released (alive: {[k for k, r in refs.items() if r()]})")
+    wait_until(lambda: not session_threads(), timeout=30,
+               message=f"the closed session's threads to end (alive: {session_threads()})")
+
+
+def test_sessions_do_not_accumulate(server, monkeypatch):
+    """Three sessions one after the other, each released before the next opens (a leak grows with each)."""
+    monkeypatch.setattr(shell, "PAGES", {k: v for k, v in shell.PAGES.items() if k != "Activations"})
+    states = []
+    for _ in range(3):
+        refs = open_and_close(server)
+        states.append(refs["SessionState"])
+        wait_until(lambda: released(refs), timeout=60, interval=0.5,  # noqa: B023 - waited for in this loop
+                   message="the closed session to be released")
+    assert [ref() for ref in states] == [None, None, None]
+
+
+@pytest.mark.xfail(reason="views/activations.py binds its plot hooks with partial(self._keep, ...): HoloViews' "
+                          "options store keeps the view, and through it the whole session; fix: "
+                          "hooks=[weak_hook(self._keep, layer, 'image')] (views/state.py)", strict=True)
+def test_a_closed_session_with_the_activations_page_is_released(server):
+    refs = open_and_close(server)
+    wait_until(lambda: released(refs), timeout=20, interval=0.5,
+               message=f"the closed session to be released (alive: {[k for k, r in refs.items() if r()]})")
+
+
+def test_a_disposed_training_painter_leaves_the_shared_input_tsne(embedded):
+    """The inputs' t-SNE outlives every session (one per run and server): no listener of a closed one stays on it."""
+    from neuromapper.views.training_painter import InputTSNE, TrainingPainter
+
+    state = SessionState(embedded)
+    painter = TrainingPainter(state)
+    shared = InputTSNE(progress=0.5)  # still computing: the painter listens for its progress
+    painter._listen(shared)
+    assert len(shared.listeners) == 1
+    painter.dispose()
+    state.dispose()
+    assert shared.listeners == []
+    ref = weakref.ref(painter)
+    del painter, state  # the state's watchers hold the painter; the shared t-SNE must not
+    gc.collect()
+    assert ref() is None
