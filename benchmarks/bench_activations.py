@@ -557,43 +557,40 @@ def bench_browser(path: Path, n: int, steps: int, load_timeout: float, step_time
             epochs = list(state.param.epoch.objects)
             where = {"position": epochs.index(state.epoch), "direction": 1}
 
-            def step_series(pause: float) -> list[dict]:
-                rows = []
-                for i in range(steps + 2):  # two warm-up steps
-                    time.sleep(pause)
-                    position, direction = where["position"], where["direction"]
-                    if position + direction not in range(len(epochs)):
-                        direction = where["direction"] = -direction
-                    button = page.page.locator("button.next" if direction > 0 else "button.previous").first.element_handle()
-                    mark = player_log.mark()
-                    mark_push = len(view.bench_push)
-                    row = one("epoch step", button, None, lambda m=mark: len(player_log.handled) > m[1], mark_push)
-                    position = where["position"] = position + direction
-                    since = player_log.since(mark)
-                    row.update(server_ms=since["server_ms"], work_ms=since["work_ms"])
-                    if state.epoch != epochs[position]:
-                        raise RuntimeError(f"expected epoch {epochs[position]}, the session is at {state.epoch}")
-                    if i >= 2:
-                        rows.append(row)
-                    log(f"  browser step {i + 1}/{steps + 2} (pause {pause:.1f} s): {row['ms']:.0f} ms "
-                        f"(server {row.get('server_ms') or 0:.0f}, push {row['push_ms']:.0f})")
-                return rows
+            def step(i: int) -> dict:
+                position, direction = where["position"], where["direction"]
+                if position + direction not in range(len(epochs)):
+                    direction = where["direction"] = -direction
+                button = page.page.locator("button.next" if direction > 0 else "button.previous").first.element_handle()
+                mark = player_log.mark()
+                row = one("epoch step", button, None, lambda: len(player_log.handled) > mark[1], len(view.bench_push))
+                position = where["position"] = position + direction
+                since = player_log.since(mark)
+                row.update(server_ms=since["server_ms"], work_ms=since["work_ms"])
+                if state.epoch != epochs[position]:
+                    raise RuntimeError(f"expected epoch {epochs[position]}, the session is at {state.epoch}")
+                return row
 
-            def sort_series(pause: float) -> list[dict]:
+            def resort(i: int) -> dict:
+                label = painter.label(class_item(i % 2))
+                mark_received = len(select_received)
+                row = one("re-sort", handle, options[label], lambda: True, len(view.bench_push))
+                got = [t for name, t in select_received[mark_received:] if name == "sort by"]
+                row["server_ms"] = 1e3 * (row["push_end"] - got[0]) if got else None
+                if painter.sort_by != class_item(i % 2):
+                    raise RuntimeError(f"the select did not sort by {label}")
+                return row
+
+            def series(kind: str, act, pause: float) -> list[dict]:
+                """``steps`` timed actions after two warm-up ones, each ``pause`` seconds after the last."""
                 rows = []
                 for i in range(steps + 2):
                     time.sleep(pause)
-                    label = painter.label(class_item(i % 2))
-                    mark_push, mark_received = len(view.bench_push), len(select_received)
-                    row = one("re-sort", handle, options[label], lambda: True, mark_push)
-                    got = [t for name, t in select_received[mark_received:] if name == "sort by"]
-                    row["server_ms"] = 1e3 * (row["push_end"] - got[0]) if got else None
-                    if painter.sort_by != class_item(i % 2):
-                        raise RuntimeError(f"the select did not sort by {label}")
+                    row = act(i)
                     if i >= 2:
                         rows.append(row)
-                    log(f"  browser re-sort {i + 1}/{steps + 2} (pause {pause:.1f} s): {row['ms']:.0f} ms "
-                        f"(server {row['server_ms'] or 0:.0f}, push {row['push_ms']:.0f})")
+                    log(f"  browser {kind} {i + 1}/{steps + 2} (pause {pause:.1f} s): {row['ms']:.0f} ms "
+                        f"(server {row.get('server_ms') or 0:.0f}, push {row['push_ms']:.0f})")
                 return rows
 
             if profile_to is not None:
@@ -601,15 +598,15 @@ def bench_browser(path: Path, n: int, steps: int, load_timeout: float, step_time
                 cdp.send("Profiler.enable")
                 cdp.send("Profiler.setSamplingInterval", {"interval": 500})  # microseconds
                 cdp.send("Profiler.start")
-            step_rows = step_series(0.0)
+            step_rows = series("step", step, 0.0)
             if profile_to is not None:
                 js_profile(cdp, profile_to)
-            step_paused = step_series(PAUSE_S)
+            step_paused = series("step", step, PAUSE_S)
             select = page.page.locator(".bk-input-group").filter(has_text="sort by").locator("select").first
             handle = select.element_handle()
             options = dict(zip(select.locator("option").all_inner_texts(),
                                select.locator("option").evaluate_all("els => els.map(e => e.value)")))
-            sort_rows, sort_paused = sort_series(0.0), sort_series(PAUSE_S)
+            sort_rows, sort_paused = series("re-sort", resort, 0.0), series("re-sort", resort, PAUSE_S)
             out["step"], out["resort"] = step_rows, sort_rows
             out["step_paused"], out["resort_paused"] = step_paused, sort_paused
             out["errors"] = list(page.errors)
