@@ -96,10 +96,7 @@ def released(refs: dict[str, weakref.ref]) -> bool:
     return all(ref() is None for ref in refs.values())
 
 
-def test_a_closed_session_leaves_no_object_and_no_thread(server, monkeypatch):
-    # The Activations page is left out here: its view still binds its plot hooks strongly (see the
-    # xfail below); every other page is in.
-    monkeypatch.setattr(shell, "PAGES", {k: v for k, v in shell.PAGES.items() if k != "Activations"})
+def test_a_closed_session_leaves_no_object_and_no_thread(server):
     refs = open_and_close(server)
     assert session_threads(), "the step started no render-ahead thread: the test no longer covers threads"
     wait_until(lambda: released(refs), timeout=60, interval=0.5,
@@ -108,9 +105,8 @@ def test_a_closed_session_leaves_no_object_and_no_thread(server, monkeypatch):
                message=f"the closed session's threads to end (alive: {session_threads()})")
 
 
-def test_sessions_do_not_accumulate(server, monkeypatch):
+def test_sessions_do_not_accumulate(server):
     """Three sessions one after the other, each released before the next opens (a leak grows with each)."""
-    monkeypatch.setattr(shell, "PAGES", {k: v for k, v in shell.PAGES.items() if k != "Activations"})
     states = []
     for _ in range(3):
         refs = open_and_close(server)
@@ -118,15 +114,6 @@ def test_sessions_do_not_accumulate(server, monkeypatch):
         wait_until(lambda: released(refs), timeout=60, interval=0.5,  # noqa: B023 - waited for in this loop
                    message="the closed session to be released")
     assert [ref() for ref in states] == [None, None, None]
-
-
-@pytest.mark.xfail(reason="views/activations.py binds its plot hooks with partial(self._keep, ...): HoloViews' "
-                          "options store keeps the view, and through it the whole session; fix: "
-                          "hooks=[weak_hook(self._keep, layer, 'image')] (views/state.py)", strict=True)
-def test_a_closed_session_with_the_activations_page_is_released(server):
-    refs = open_and_close(server)
-    wait_until(lambda: released(refs), timeout=20, interval=0.5,
-               message=f"the closed session to be released (alive: {[k for k, r in refs.items() if r()]})")
 
 
 def test_a_disposed_training_painter_leaves_the_shared_input_tsne(embedded):

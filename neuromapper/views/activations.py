@@ -28,7 +28,7 @@ from panel.io import hold
 from .. import plots
 from .activations_painter import NOTHING, UNIT_INDEX, ActivationsPainter
 from .page import Page
-from .state import SessionState
+from .state import SessionState, weak_hook
 from .widgets import ImmediateSelect, text_multichoice
 
 LABEL_PX = 13  # the unit axis labels every k-th row so that labels are at least this far apart
@@ -65,8 +65,8 @@ class ActivationsView(Page):
             return self._panels[layer]
         rgba, axis, rows = self.painter.picture(layer)
         image = plots.activation_bars(rgba, axis.lo, axis.hi).opts(
-            hooks=[partial(self._keep, layer, "image")], **plots.activation_options(layer, len(rows), axis.lo, axis.hi))
-        dots = plots.instance_dots(self.painter.dots(layer, rows, axis)).opts(hooks=[partial(self._keep, layer, "dots")])
+            hooks=[weak_hook(self._keep, layer, "image")], **plots.activation_options(layer, len(rows), axis.lo, axis.hi))
+        dots = plots.instance_dots(self.painter.dots(layer, rows, axis)).opts(hooks=[weak_hook(self._keep, layer, "dots")])
         hv.streams.Tap(source=image).add_subscriber(partial(self._on_tap, layer))
         pane = pn.pane.HoloViews(image * dots, linked_axes=False, sizing_mode="stretch_width",
                                  css_classes=["nm-activation-layer"])
