@@ -20,7 +20,6 @@ from pathlib import Path
 
 import panel as pn
 import param
-from panel.io import with_lock
 
 from ..scene import MANY_CLASSES, class_palette
 from .activations import ActivationsView
@@ -30,30 +29,21 @@ from .page import Page
 from .run import RunFacts, find_runs
 from .state import SessionState
 from .training import TrainingView
-from .widgets import text_multichoice
+from .widgets import Immediate, text_multichoice
 
 EXTENSIONS = ("tabulator",)  # Panel extensions the pages use: pn.extension(*EXTENSIONS) before serving
 PAGES = {"Embeddings": EmbeddingView, "Activations": ActivationsView, "Model": ModelView, "Training": TrainingView}
 
 
-class EpochPlayer(pn.widgets.DiscretePlayer):
-    """The epoch player, without Panel's 50 ms wait for more changes before a step is handled.
+class EpochPlayer(Immediate, pn.widgets.DiscretePlayer):
+    """The epoch player: a step is handled at once (:class:`~neuromapper.views.widgets.Immediate`).
 
-    Panel holds a widget change for ``_debounce`` ms so that a burst of changes is handled once;
-    a player step is a single change and a step's whole budget is 250 ms, so it goes at once.
-    Panel runs such an undebounced change without the document lock unless its coroutine is
-    marked ``with_lock``; the step's watchers change Bokeh models directly (the images, the
-    curve marker), which Bokeh allows only under that lock. A step also does not flip the page's
-    busy indicator on and off: for a change this short that cost more server time than pushing
-    the four new pictures (py-spy profile, summarised in ``benchmarks/RESULTS-dashboard.md``).
+    A step also does not flip the page's busy indicator on and off: for a change this short that
+    cost more server time than pushing the four new pictures (py-spy profile, summarised in
+    ``benchmarks/RESULTS-dashboard.md``).
     """
 
-    _priority_changes = ["value"]
     _busy__ignore = ["value", "value_throttled"]
-
-    @with_lock
-    async def _change_coroutine(self, doc, event_id=None) -> None:
-        await super()._change_coroutine(doc, event_id)
 
 
 class App(pn.viewable.Viewer):

@@ -33,13 +33,14 @@ def _options(values, labels) -> dict:
     return {html.escape(str(labels(v))): v for v in values}
 
 
-class ImmediateSelect(pn.widgets.Select):
-    """A Select whose change is handled at once, without Panel's 50 ms wait for more changes.
+class Immediate:
+    """A widget mixin: a change is handled at once, without Panel's 50 ms wait for more changes.
 
-    Panel holds a widget change for ``_debounce`` ms so that a burst is handled once; picking an
-    option is one change, and on the Activations page it re-sorts every layer within a 250 ms
-    budget. As for the shell's ``EpochPlayer``: an undebounced change runs without the document
-    lock unless the coroutine is marked ``with_lock``, and the re-sort changes Bokeh models.
+    Panel holds a widget change for ``_debounce`` ms so that a burst of changes is handled once;
+    a player step or a picked option is one change, and its whole budget is 250 ms. Panel runs
+    such an undebounced change without the document lock unless its coroutine is marked
+    ``with_lock``; the watchers change Bokeh models directly (images, markers), which Bokeh
+    allows only under that lock.
     """
 
     _priority_changes = ["value"]
@@ -47,3 +48,7 @@ class ImmediateSelect(pn.widgets.Select):
     @with_lock
     async def _change_coroutine(self, doc, event_id=None) -> None:
         await super()._change_coroutine(doc, event_id)
+
+
+class ImmediateSelect(Immediate, pn.widgets.Select):
+    """A Select handled at once (:class:`Immediate`): the Activations page's sort re-sorts every layer."""
