@@ -28,7 +28,10 @@ a few negative samples, with a learning rate that decays linearly to zero. Two t
   with ``benchmarks/bench_reduce.py`` (RESULTS-reduce.md): with a fixed target the spring held
   the layout back where classes separate (one epoch 0.012-0.020 below AlignedUMAP's
   trustworthiness in 7 of 12 rows); scale-free, with the pass counts of
-  :mod:`neuromapper.methods`, no synthetic family's worst epoch is below -0.014.
+  :mod:`neuromapper.methods`, no synthetic family's worst epoch is below -0.014. Fitting the
+  target with a rotation as well (orthogonal Procrustes, so the spring resists exactly what
+  disparity measures) was no better (run 4: 8 of 12 rows against 9; demo:fc1's disparity
+  1.22x AlignedUMAP's against 1.17x).
 
 The layout is two-dimensional (the only case NeuroMapper needs), which keeps the inner loop
 free of per-dimension loops. Random numbers come from a seeded xorshift generator held in an
