@@ -132,3 +132,32 @@ def test_a_disposed_training_painter_leaves_the_shared_input_tsne(embedded):
     del painter, state  # the state's watchers hold the painter; the shared t-SNE must not
     gc.collect()
     assert ref() is None
+
+
+def test_closed_sessions_garbage_is_collected_though_the_server_allocates_nothing():
+    """A session's objects form cycles; an idle server makes no allocation that would start a collection."""
+
+    class Node:
+        pass
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    ref = weakref.ref(a)
+    del a, b
+    gc.disable()  # as on an idle server: no automatic collection
+    try:
+        assert ref() is not None
+        shell.release_memory_soon(0.05)
+        wait_until(lambda: ref() is None, timeout=10, message="the cycle to be collected")
+    finally:
+        gc.enable()
+
+
+def test_sessions_closing_together_cost_one_collection(monkeypatch):
+    calls = []
+    monkeypatch.setattr(shell.gc, "collect", lambda: calls.append(threading.current_thread().name))
+    for _ in range(5):
+        shell.release_memory_soon(0.3)
+    wait_until(lambda: calls, timeout=10, message="the collection")
+    threading.Event().wait(0.6)
+    assert len(calls) == 1 and calls[0] != threading.main_thread().name  # once, off the caller's thread

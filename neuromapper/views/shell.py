@@ -14,7 +14,10 @@ render thread stopped).
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import html
+import threading
 from functools import partial
 from pathlib import Path
 
@@ -194,6 +197,39 @@ class App(pn.viewable.Viewer):
     def dispose(self) -> None:
         """Release everything this session made: its reduce job, watcher entry and threads."""
         self._dispose_session()
+        release_memory_soon()
+
+
+RELEASE_DELAY_S = 2.0
+_release_timer: threading.Timer | None = None
+_release_lock = threading.Lock()
+
+
+def release_memory_soon(delay: float = RELEASE_DELAY_S) -> None:
+    """Collect the garbage closed sessions left and give its memory back, once, ``delay`` s after the last close.
+
+    A session's objects refer to each other (views, state, painters, Bokeh models), so they go
+    only with a full collection of the cyclic garbage, which Python starts when allocations call
+    for it: an idle server, the moment users leave, makes none, and kept them all
+    (``benchmarks/RESULTS-load.md``). The freed memory then sits in glibc's heap until
+    ``malloc_trim`` hands it back. One timer for all sessions: twenty closing together cost one
+    collection, off the event loop.
+    """
+    global _release_timer
+    with _release_lock:
+        if _release_timer is not None:
+            _release_timer.cancel()
+        _release_timer = threading.Timer(delay, _release_memory)
+        _release_timer.daemon = True
+        _release_timer.start()
+
+
+def _release_memory() -> None:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the collection alone
+        pass
 
 
 def _class_button_css(names: list[str]) -> str:
