@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from torch import nn
@@ -45,6 +47,17 @@ def small_run(tmp_path_factory, digits):
                 opt.step()
             rec.capture(epoch, metrics={"train_loss": loss.item()})
     return path
+
+
+@pytest.fixture(scope="module")
+def embedded(small_run, tmp_path_factory):
+    """A copy of ``small_run`` with its default embedding stored (one per test module)."""
+    from neuromapper import reduce
+
+    run = shutil.copytree(small_run, tmp_path_factory.mktemp("embedded") / "small",
+                          ignore=shutil.ignore_patterns("embeddings"))
+    reduce(run)
+    return run
 
 
 

@@ -16,7 +16,6 @@ session, never given back.
 from __future__ import annotations
 
 import gc
-import shutil
 import threading
 import urllib.request
 import weakref
@@ -25,7 +24,6 @@ import panel as pn
 import pytest
 from bokeh.document import Document
 
-from neuromapper import reduce
 from neuromapper.views import shell
 from neuromapper.views.state import SessionState
 
@@ -34,14 +32,6 @@ from .ui.conftest import free_port, listening, wait_until
 pytestmark = pytest.mark.slow
 
 SESSION_THREADS = ("neuromapper-ahead",)  # threads a session starts for itself
-
-
-@pytest.fixture(scope="module")
-def embedded(small_run, tmp_path_factory):
-    run = shutil.copytree(small_run, tmp_path_factory.mktemp("release") / "small",
-                          ignore=shutil.ignore_patterns("embeddings"))
-    reduce(run)
-    return run
 
 
 @pytest.fixture

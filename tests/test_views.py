@@ -17,14 +17,6 @@ from neuromapper.views.jobs import Listener, ReduceJobs, RunWatcher
 from neuromapper.views.state import SessionState
 
 
-@pytest.fixture(scope="module")
-def embedded(small_run, tmp_path_factory):
-    run = shutil.copytree(small_run, tmp_path_factory.mktemp("views") / "small",
-                          ignore=shutil.ignore_patterns("embeddings"))
-    reduce(run)
-    return run
-
-
 @pytest.fixture
 def state(embedded):
     state = SessionState(embedded)
