@@ -261,9 +261,9 @@ def bench_server(path: Path, n: int, steps: int) -> dict:
             extras = timed(lambda: (painter.ranking(), painter.twin_vs_benign(painter.score_layer),
                                     painter.pair_cards_html(), painter.legend_html()))
             again = timed(lambda: draw(painter))
-            painter._stats.clear()
+            painter.clear_statistics()
             warm = timed(lambda: draw(painter))
-            painter._stats.clear()
+            painter.clear_statistics()
             state.run._arrays.clear()
             cold = timed(lambda: draw(painter))
             # as ActivationsView._push does: the epoch the player reaches next going this way (turning at the ends)
@@ -291,7 +291,7 @@ def bench_server(path: Path, n: int, steps: int) -> dict:
         layer = painter.layers[-1]
         out["one_layer_warm"] = []
         for _ in range(steps):  # computed, not cached: the reference computes too
-            painter._stats.clear()
+            painter.clear_statistics()
             out["one_layer_warm"].append(timed(lambda: (lambda r: (plots.bars_source_data(r[0], r[1].lo, r[1].hi),
                                                                    painter.dots(layer, r[2], r[1])))(painter.picture(layer))))
         return out

@@ -182,6 +182,20 @@ def test_statistics_computed_while_the_selection_changed_are_not_kept(painter, s
     assert len(calls) == 2
 
 
+def test_the_statistics_cache_is_bounded_in_bytes_and_keeps_the_latest(painter, monkeypatch):
+    from neuromapper.views import activations_painter
+
+    monkeypatch.setattr(activations_painter, "STATS_BYTES", 10_000)
+    for i in range(10):
+        painter._cached(("test", i), lambda: np.zeros(500))  # 4,000 bytes each
+    assert painter._stats_bytes <= 10_000
+    assert [key[1] for key in painter._stats] == [8, 9]  # the two most recent fit
+    profiles = painter.profiles("fc1")  # a ClassProfiles counts its arrays
+    assert painter._stats_bytes == profiles.center.nbytes + profiles.spread.nbytes
+    painter.clear_statistics()
+    assert painter._stats_bytes == 0 and not painter._stats
+
+
 def test_a_statistic_asked_for_by_two_threads_at_once_is_computed_once(painter):
     import threading
 

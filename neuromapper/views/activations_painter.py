@@ -25,9 +25,10 @@ Design (hard to undo, so the reasons are here):
   version): a group's density opacities and medians, an instance's activations, the divergence
   references. A picture is then the cached opacities indexed by the rows' order and composited,
   so a re-sort or a hide reorders rows without counting anything again, and :meth:`prefetch`
-  computes the next epoch's statistics while the user looks at this one. The cache is bounded
-  (``STATS_CACHE`` entries, the largest a 1,000-class reference of a few MB) and belongs to the
-  session; ``benchmarks/bench_activations.py`` measures what it saves.
+  computes the next epoch's statistics while the user looks at this one. The cache belongs to
+  the session and is bounded in bytes (``STATS_BYTES``, least recently used first out): one
+  1,000-class reference of a 512-unit layer is 8 MB, so stepping through a long run of a large
+  head cannot fill the server. ``benchmarks/bench_activations.py`` measures what it saves.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ MAX_LAYERS = 4
 RANKED = 12
 HIDDEN_GREY = np.array([150, 150, 150], dtype=np.float64)
 HIDDEN_ALPHA = 0.35
-STATS_CACHE = 256  # per-session (layer, epoch, item) statistics kept; see the module docstring
+STATS_BYTES = 64 * 2**20  # per-session bytes of cached (layer, epoch, item) statistics; see the module docstring
 
 
 def class_item(c: int) -> str:
@@ -83,7 +84,8 @@ class ActivationsPainter(param.Parameterized):
         super().__init__(**params)
         self.state = state
         self._axes: dict[str, distributions.ValueAxis] = {}
-        self._stats: OrderedDict = OrderedDict()
+        self._stats: OrderedDict = OrderedDict()  # key -> (value, bytes)
+        self._stats_bytes = 0
         self._computing: dict[tuple, threading.Event] = {}
         self._generation = 0  # bumped when the run changes: a value computed across the change is not kept
         self._lock = threading.Lock()
@@ -101,8 +103,8 @@ class ActivationsPainter(param.Parameterized):
         run = self.run
         with self._lock:
             self._axes.clear()
-            self._stats.clear()
             self._generation += 1
+        self.clear_statistics()
         layers = run.layers
         self.param.layers.objects = layers
         self.param.score_layer.objects = layers
@@ -204,6 +206,12 @@ class ActivationsPainter(param.Parameterized):
     def _epoch_index(self, epoch: int | None = None) -> int:
         return self.run.epochs.index(self._at(epoch))
 
+    def clear_statistics(self) -> None:
+        """Forget every cached statistic (they are computed again when asked for)."""
+        with self._lock:
+            self._stats.clear()
+            self._stats_bytes = 0
+
     def _cached(self, key: tuple, compute, selection: bool = False):
         """``compute()`` cached under ``key`` (see the module docstring).
 
@@ -218,7 +226,7 @@ class ActivationsPainter(param.Parameterized):
             generation = self._generation
             if key in self._stats:
                 self._stats.move_to_end(key)
-                return self._stats[key]
+                return self._stats[key][0]
             computing = self._computing.get(key)
             if computing is None:  # this thread computes it; others asking meanwhile wait for it
                 self._computing[key] = done = threading.Event()
@@ -226,7 +234,7 @@ class ActivationsPainter(param.Parameterized):
             computing.wait()
             with self._lock:
                 if key in self._stats:
-                    return self._stats[key]
+                    return self._stats[key][0]
             return self._cached(key[:-1], compute, selection)  # not kept (see above): compute afresh
         try:
             value = compute()
@@ -234,9 +242,11 @@ class ActivationsPainter(param.Parameterized):
                 value.flags.writeable = False  # shared by every caller until evicted
             with self._lock:
                 if generation == self._generation and (not selection or self.state.selection_version == key[-1]):
-                    self._stats[key] = value
-                    while len(self._stats) > STATS_CACHE:
-                        self._stats.popitem(last=False)
+                    size = _nbytes(value)
+                    self._stats[key] = (value, size)
+                    self._stats_bytes += size
+                    while self._stats_bytes > STATS_BYTES and len(self._stats) > 1:
+                        self._stats_bytes -= self._stats.popitem(last=False)[1][1]
             return value
         finally:
             with self._lock:
@@ -546,6 +556,13 @@ class ActivationsPainter(param.Parameterized):
 
     def dispose(self) -> None:
         self._prefetcher.shutdown(wait=False, cancel_futures=True)
+
+
+def _nbytes(value) -> int:
+    """Memory held by a cached statistic: an array, or the arrays of a :class:`~neuromapper.distributions.ClassProfiles`."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    return sum(array.nbytes for array in vars(value).values() if isinstance(array, np.ndarray))
 
 
 def _figure(png: bytes | None, caption: str, predicted: str, score: float) -> str:
