@@ -60,11 +60,12 @@ def session_threads() -> list[str]:
 
 def open_and_close(url: str) -> dict[str, weakref.ref]:
     """Open one session and step its player; weak references to what it made, taken while it lived."""
-    earlier = {id(o) for o in alive(shell.App)} | {id(o) for o in alive(Document)}  # other tests' leftovers
+    # other tests' leftovers, held weakly: one collected meanwhile must not hide a new object at its address
+    earlier = weakref.WeakSet([*alive(shell.App), *alive(Document)])
     with urllib.request.urlopen(url, timeout=120) as response:
         assert response.status == 200
-    [app] = [a for a in alive(shell.App) if id(a) not in earlier]
-    [doc] = [d for d in alive(Document) if d.session_context is not None and id(d) not in earlier]
+    [app] = [a for a in alive(shell.App) if a not in earlier]
+    [doc] = [d for d in alive(Document) if d.session_context is not None and d not in earlier]
     made = {"App": app, "SessionState": app.state, "document": doc, **app.views,
             **{f"{name} painter": view.painter for name, view in app.views.items() if hasattr(view, "painter")}}
     refs = {name: weakref.ref(obj) for name, obj in made.items()}
