@@ -36,12 +36,16 @@ SESSION_THREADS = ("neuromapper-ahead",)  # threads a session starts for itself
 
 @pytest.fixture
 def server(embedded):
-    """A threaded server of ``serve_app(run)`` that destroys a session five seconds after it is left."""
+    """A threaded server of ``serve_app(run)`` that destroys a session 20 s after it is left.
+
+    Not sooner: under a loaded machine (the full suite) the page request itself took seconds, and a
+    session destroyed before the test looked at it could not be found.
+    """
     pn.extension(*shell.EXTENSIONS)
     port = free_port()
     server = pn.serve({"/": lambda: shell.serve_app(embedded)}, port=port, address="127.0.0.1", threaded=True,
                       show=False, websocket_origin=[f"127.0.0.1:{port}"], start=True,
-                      unused_session_lifetime_milliseconds=5000, check_unused_sessions_milliseconds=500)
+                      unused_session_lifetime_milliseconds=20000, check_unused_sessions_milliseconds=500)
     wait_until(lambda: listening(port), timeout=30, message=f"the server on port {port}")
     yield f"http://127.0.0.1:{port}/"
     server.stop()
