@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -179,17 +180,38 @@ def serve(run: str | Path, port: int = 5006, address: str = "127.0.0.1", show: b
             print(f"WARNING: serving on {address} without authentication: anyone who can reach this machine can "
                   "open the dashboard and start reductions; use --basic-auth or --oauth-provider", file=sys.stderr)
     import panel as pn
+    from tornado.ioloop import IOLoop
 
     from .views.shell import EXTENSIONS, serve_app
 
     pn.extension(*EXTENSIONS, notifications=True)
+    loop = IOLoop.current()
+    loop.asyncio_loop.set_exception_handler(quiet_closed_connections)
     what = f"{len(runs)} runs in {run}" if len(runs) > 1 else str(runs[0].path)
     print(f"NeuroMapper dashboard for {what} at http://{address}:{port}/ (Ctrl-C to stop)")
-    pn.serve({"/": lambda: _served_locally(serve_app, run)}, port=port, address=address, show=show,
+    pn.serve({"/": lambda: _served_locally(serve_app, run)}, port=port, address=address, show=show, loop=loop,
              title="NeuroMapper", websocket_origin=origins,
              unused_session_lifetime_milliseconds=int(UNUSED_SESSION_LIFETIME_S * 1000),
              check_unused_sessions_milliseconds=int(CHECK_UNUSED_SESSIONS_S * 1000),
              **{k: v for k, v in auth.items() if v})
+
+
+def quiet_closed_connections(loop, context: dict) -> None:
+    """The server loop's exception handler: a message to a page that has just closed is not an error.
+
+    Panel sends a session's changes as tasks nobody awaits; when the page closed while its session
+    was still busy (a tab closed mid-step), the write fails with ``WebSocketClosedError`` and asyncio
+    printed "Task exception was never retrieved" and a traceback (2 such lines in a 20-session
+    ``benchmarks/bench_load.py`` run). Those are logged at debug level; every other exception
+    goes to asyncio's default handler as before.
+    """
+    from tornado.iostream import StreamClosedError
+    from tornado.websocket import WebSocketClosedError
+
+    if isinstance(context.get("exception"), (WebSocketClosedError, StreamClosedError)):
+        logging.getLogger(__name__).debug("a message to a closed page was dropped: %s", context.get("message"))
+        return
+    loop.default_exception_handler(context)
 
 
 # A page's session is made when its HTML is requested and kept for the websocket the page then

@@ -154,3 +154,30 @@ def test_a_missing_run_is_a_one_line_error(tmp_path):
     one_line_error(run_cli("info", tmp_path / "nope"), "does not exist")
     one_line_error(run_cli("reduce", tmp_path / "nope"), "does not exist")
     one_line_error(run_cli("export", tmp_path / "nope", "-o", tmp_path / "x.html"), "does not exist")
+
+
+def test_a_message_to_a_closed_page_is_not_reported_as_a_server_error(caplog):
+    """Only the closed connection is quiet: any other exception of a forgotten task is still reported."""
+    import asyncio
+    import gc
+
+    from tornado.websocket import WebSocketClosedError
+
+    from neuromapper.cli import quiet_closed_connections
+
+    async def fails(exc):
+        raise exc
+
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(quiet_closed_connections)
+    try:
+        for exc in (WebSocketClosedError(), ValueError("a real error")):
+            task = loop.create_task(fails(exc))
+            loop.run_until_complete(asyncio.sleep(0.01))
+            assert task.done()
+            del task
+            gc.collect()  # a finished task nobody asked for its exception reports it when collected
+    finally:
+        loop.close()
+    reported = [r.getMessage() + str(r.exc_info) for r in caplog.records if r.name == "asyncio"]
+    assert len(reported) == 1 and "a real error" in reported[0]
