@@ -12,6 +12,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from http.cookiejar import CookieJar
+from pathlib import Path
 
 import pytest
 
@@ -86,6 +87,29 @@ def test_serve_passes_panels_basic_auth_through(run):
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads the server's environment from /proc (Linux)")
+def test_serve_runs_with_the_c_librarys_allocator_unless_told_otherwise(run):
+    """``neuromapper serve`` restarts itself with ``PYTHONMALLOC=malloc`` (closed sessions' memory goes back); a user's choice stays."""
+    from .ui.conftest import free_port, listening, wait_until
+
+    for given, expected in ((None, "malloc"), ("pymalloc", "pymalloc")):
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONMALLOC"}
+        if given is not None:
+            env["PYTHONMALLOC"] = given
+        port = free_port()
+        with subprocess.Popen([sys.executable, "-m", "neuromapper.cli", "serve", str(run), "--port", str(port),
+                               "--no-show"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+            try:
+                wait_until(lambda: listening(port) or proc.poll() is not None, timeout=90,  # noqa: B023
+                           message="the server to listen")
+                assert proc.poll() is None, proc.stderr.read()
+                environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+                assert f"PYTHONMALLOC={expected}".encode() in environ
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
 
 
 def test_export_to_a_directory_is_a_one_line_error(run, tmp_path):
