@@ -236,7 +236,7 @@ def _served_locally(make_app, *args):
 
 
 def _restart_with_system_allocator() -> None:
-    """Run this command again, in this process, with Python allocating from the C library (``PYTHONMALLOC=malloc``).
+    """Run this process's command line again, in this process, with Python allocating from the C library (``PYTHONMALLOC=malloc``).
 
     Why: a closed session's memory went back to Python but not to the system. Measured with 10
     browser sessions of ``benchmarks/bench_load.py``'s workload on an in-process server, closed,
@@ -253,7 +253,7 @@ def _restart_with_system_allocator() -> None:
     os.environ["PYTHONMALLOC"] = "malloc"
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "neuromapper.cli", *sys.argv[1:]])
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # the same command line, interpreter options included
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -418,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     from .store import RunError
 
     args = build_parser().parse_args(argv)
-    args.from_command_line = argv is None  # the process is this command's own (see cmd_serve)
+    # the process is this command's own (the console script, or a program passing its own arguments),
+    # not, say, a test calling main() in-process: cmd_serve may then run it again (see there)
+    args.from_command_line = argv is None or list(argv) == sys.argv[1:]
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -90,26 +90,36 @@ def test_serve_passes_panels_basic_auth_through(run):
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads the server's environment from /proc (Linux)")
-def test_serve_runs_with_the_c_librarys_allocator_unless_told_otherwise(run):
-    """``neuromapper serve`` restarts itself with ``PYTHONMALLOC=malloc`` (closed sessions' memory goes back); a user's choice stays."""
-    from .ui.conftest import free_port, listening, wait_until
+def test_serve_runs_with_the_c_librarys_allocator_unless_told_otherwise(run, tmp_path, monkeypatch):
+    """``neuromapper serve`` restarts itself with ``PYTHONMALLOC=malloc`` (closed sessions' memory goes back); a user's choice stays.
 
-    for given, expected in ((None, "malloc"), ("pymalloc", "pymalloc")):
+    Launched as ``python -m neuromapper.cli`` and as a program calling ``main(sys.argv[1:])``
+    (how the browser tests and benchmarks start it).
+    """
+    from .ui.conftest import free_port, listening, start_serve, wait_until
+
+    module = [sys.executable, "-m", "neuromapper.cli", "serve", str(run), "--no-show", "--port"]
+    for launch, given, expected in (("module", None, "malloc"), ("module", "pymalloc", "pymalloc"),
+                                    ("program", None, "malloc")):
         env = {k: v for k, v in os.environ.items() if k != "PYTHONMALLOC"}
         if given is not None:
             env["PYTHONMALLOC"] = given
         port = free_port()
-        with subprocess.Popen([sys.executable, "-m", "neuromapper.cli", "serve", str(run), "--port", str(port),
-                               "--no-show"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
-            try:
-                wait_until(lambda: listening(port) or proc.poll() is not None, timeout=90,  # noqa: B023
-                           message="the server to listen")
-                assert proc.poll() is None, proc.stderr.read()
-                environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
-                assert f"PYTHONMALLOC={expected}".encode() in environ
-            finally:
-                proc.terminate()
-                proc.wait(timeout=30)
+        with open(tmp_path / "server.log", "w") as log:
+            if launch == "module":
+                proc = subprocess.Popen([*module, str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+            else:
+                monkeypatch.delenv("PYTHONMALLOC", raising=False)  # start_serve passes the test's environment on
+                proc = start_serve(run, port, log)
+        try:
+            wait_until(lambda: listening(port) or proc.poll() is not None, timeout=90,  # noqa: B023
+                       message="the server to listen")
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()
+            environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+            assert f"PYTHONMALLOC={expected}".encode() in environ, (launch, given)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def test_export_to_a_directory_is_a_one_line_error(run, tmp_path):
