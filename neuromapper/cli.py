@@ -235,30 +235,7 @@ def _served_locally(make_app, *args):
     return make_app(*args)
 
 
-def _restart_with_system_allocator() -> None:
-    """Run this process's command line again, in this process, with Python allocating from the C library (``PYTHONMALLOC=malloc``).
-
-    Why: a closed session's memory went back to Python but not to the system. Measured with 10
-    browser sessions of ``benchmarks/bench_load.py``'s workload on an in-process server, closed,
-    then collected and trimmed (``benchmarks/RESULTS-load.md``, 2026-11-30): with Python's own
-    small-object allocator the server stayed 88 MB above its level before the sessions, and a
-    second round of 10 sessions added 1 MB more (a high-water mark, not a leak: live Python
-    memory grew by 0.3 MB, while pymalloc held 77 more 1 MiB arenas, each kept whole for the few
-    objects in it that outlive a session). With the C library's malloc, whose free pages
-    ``malloc_trim`` returns (:func:`neuromapper.views.shell.release_memory_soon`), it stayed 24 MB above.
-    A ``PYTHONMALLOC`` the user set is kept; not on Windows (no ``exec`` that keeps the process).
-    """
-    if os.name != "posix" or "PYTHONMALLOC" in os.environ:
-        return
-    os.environ["PYTHONMALLOC"] = "malloc"
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # the same command line, interpreter options included
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    if args.from_command_line:
-        _restart_with_system_allocator()
     serve(args.run, port=args.port, address=args.address, show=not args.no_show,
           allow_websocket_origin=args.allow_websocket_origin, basic_auth=args.basic_auth,
           cookie_secret=args.cookie_secret, oauth_provider=args.oauth_provider, oauth_key=args.oauth_key,
@@ -418,9 +395,6 @@ def main(argv: list[str] | None = None) -> int:
     from .store import RunError
 
     args = build_parser().parse_args(argv)
-    # the process is this command's own (the console script, or a program passing its own arguments),
-    # not, say, a test calling main() in-process: cmd_serve may then run it again (see there)
-    args.from_command_line = argv is None or list(argv) == sys.argv[1:]
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -12,7 +12,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from http.cookiejar import CookieJar
-from pathlib import Path
 
 import pytest
 
@@ -84,39 +83,6 @@ def test_serve_passes_panels_basic_auth_through(run):
             form = urllib.parse.urlencode({"username": "me", "password": "s3cret"}).encode()
             page = opener.open(f"http://127.0.0.1:{port}/login", data=form, timeout=60)
             assert "/login" not in page.geturl() and "NeuroMapper" in page.read().decode()
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-
-
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads the server's environment from /proc (Linux)")
-def test_serve_runs_with_the_c_librarys_allocator_unless_told_otherwise(run, tmp_path, monkeypatch):
-    """``neuromapper serve`` restarts itself with ``PYTHONMALLOC=malloc`` (closed sessions' memory goes back); a user's choice stays.
-
-    Launched as ``python -m neuromapper.cli`` and as a program calling ``main(sys.argv[1:])``
-    (how the browser tests and benchmarks start it).
-    """
-    from .ui.conftest import free_port, listening, start_serve, wait_until
-
-    module = [sys.executable, "-m", "neuromapper.cli", "serve", str(run), "--no-show", "--port"]
-    for launch, given, expected in (("module", None, "malloc"), ("module", "pymalloc", "pymalloc"),
-                                    ("program", None, "malloc")):
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONMALLOC"}
-        if given is not None:
-            env["PYTHONMALLOC"] = given
-        port = free_port()
-        with open(tmp_path / "server.log", "w") as log:
-            if launch == "module":
-                proc = subprocess.Popen([*module, str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-            else:
-                monkeypatch.delenv("PYTHONMALLOC", raising=False)  # start_serve passes the test's environment on
-                proc = start_serve(run, port, log)
-        try:
-            wait_until(lambda: listening(port) or proc.poll() is not None, timeout=90,  # noqa: B023
-                       message="the server to listen")
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()
-            environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
-            assert f"PYTHONMALLOC={expected}".encode() in environ, (launch, given)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
