@@ -60,7 +60,6 @@ def embedded(small_run, tmp_path_factory):
     return run
 
 
-
 @pytest.fixture(scope="session")
 def twin_run(tmp_path_factory, digits):
     """A 3-epoch DigitCNN run on 8x8 digits with FGSM/PGD twins every epoch, one-pixel twins at the
