@@ -389,3 +389,21 @@ def test_attack_arrows_start_at_the_benign_point_and_are_drawn_into_the_embeddin
     finally:
         painter.dispose()
         state.dispose()
+
+
+def test_a_page_is_built_when_first_shown_and_sees_what_was_chosen_before(twin_run):
+    """The shell builds a page's view on its first showing; a selection made earlier is in its groups."""
+    from neuromapper.views.shell import PAGES, App
+
+    app = App(twin_run)
+    try:
+        assert list(app.views) == ["Embeddings"]
+        app.state.select(app.state.run.samples[:7])
+        app._tabs.active = list(PAGES).index("Activations")
+        view = app.views["Activations"]
+        assert view.shown and not app.views["Embeddings"].shown
+        assert SELECTION in view.painter.groups
+        app._tabs.active = 0
+        assert not view.shown and app.views["Embeddings"].shown and list(app.views) == ["Embeddings", "Activations"]
+    finally:
+        app.dispose()

@@ -91,6 +91,7 @@ class ActivationsPainter(param.Parameterized):
         self._lock = threading.Lock()
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuromapper-activations")
         self._run_changed()
+        self._selection_changed()  # a selection made before this page was first shown joins the groups too
         state.param.watch(self._run_changed, ["run"])
         state.param.watch(self._selection_changed, ["selection_version"])
 

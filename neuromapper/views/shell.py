@@ -1,7 +1,7 @@
 """The app shell: a template with one page per view, the run's card and the player on every page.
 
 :class:`App` owns one session: its :class:`~neuromapper.views.state.SessionState` and the views
-over it (for now: Embeddings). The sidebar holds what every page shares (the run chooser, the
+over it, each built when its page is first shown. The sidebar holds what every page shares (the run chooser, the
 run's card, the live status, the epoch player and the class toggles) followed by the shown
 page's own controls. Choosing another run disposes the state and views of the old one and builds
 new ones, so nothing of the old run survives in the session.
@@ -73,23 +73,32 @@ class App(pn.viewable.Viewer):
         self._sidebar = pn.Column(sizing_mode="stretch_width")
         self._main = pn.Column(sizing_mode="stretch_width")
         self.state: SessionState | None = None
-        self.views: dict[str, pn.viewable.Viewer] = {}
+        self.views: dict[str, pn.viewable.Viewer] = {}  # the pages built so far (see _open)
+        self._pages: dict[str, pn.Column] = {}
         self.run_path = entries[0].path
 
     @param.depends("run_path", watch=True)
     def _open(self) -> None:
-        """Show ``run_path``: a fresh state and fresh views; the old ones are disposed."""
+        """Show ``run_path``: a fresh state and fresh views; the old ones are disposed.
+
+        A page's view is built the first time its tab is shown (:meth:`view`), not with the session:
+        most sessions never leave the Embeddings page, and building the other three up front cost
+        every session about 1 s of server time and 29% more small objects (``App`` over a
+        demo-shaped run: 76,500 against 54,300 Python allocations, 4.4-5.0 s against 3.4-4.2 s, three
+        builds each; ``benchmarks/RESULTS-load.md``), memory that twenty sessions opened at once make
+        Python's allocator keep after they close.
+        """
         self._dispose_session()
         self.state = SessionState(self.run_path, embedding=self._embedding, dispatch=self._dispatch)
         self._embedding = None
-        self.views = {name: view(self.state) for name, view in PAGES.items()}
-        self._tabs = pn.Tabs(*[(name, view) for name, view in self.views.items()], dynamic=True,
-                             sizing_mode="stretch_width")
+        self._pages = {name: pn.Column(sizing_mode="stretch_width", margin=0) for name in PAGES}
+        self._tabs = pn.Tabs(*self._pages.items(), dynamic=True, sizing_mode="stretch_width")
 
         def show_active(*_):  # a hidden page defers its drawing (views/page.py)
-            for i, view in enumerate(self.views.values()):
+            active = self.view(list(PAGES)[self._tabs.active])
+            for view in self.views.values():
                 if isinstance(view, Page):
-                    view.shown = i == self._tabs.active
+                    view.shown = view is active
 
         self._tabs.param.watch(show_active, "active")
         show_active()
@@ -97,16 +106,23 @@ class App(pn.viewable.Viewer):
 
         def page_controls_of(active: int):
             if active not in controls:
-                controls[active] = list(self.views.values())[active].controls()
+                controls[active] = self.view(list(PAGES)[active]).controls()
             return controls[active]
 
         page_controls = pn.panel(pn.bind(page_controls_of, self._tabs.param.active), sizing_mode="stretch_width")
         self._sidebar.objects = [*self._shared_controls(), pn.layout.Divider(), page_controls]
         self._main.objects = [self._tabs]
 
+    def view(self, name: str) -> pn.viewable.Viewer:
+        """The view of page ``name`` (one of ``PAGES``), built over the session's state on first use."""
+        if name not in self.views:
+            self.views[name] = PAGES[name](self.state)
+            self._pages[name].objects = [self.views[name]]
+        return self.views[name]
+
     @property
     def embeddings(self) -> EmbeddingView:
-        return self.views["Embeddings"]
+        return self.view("Embeddings")
 
     # -- what every page shares -----------------------------------------------------------------------
     def _shared_controls(self) -> list:

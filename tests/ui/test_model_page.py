@@ -79,19 +79,22 @@ def grid_checksum(rgba) -> int:
     return int((flat * (np.arange(flat.size) % 9973 + 1)).sum() % 2147483647)
 
 
-def open_model(page, painter) -> dict:
+def open_model(page, app) -> tuple:
+    """Show the Model tab (its view is built then); return its painter and the settled CONFUSION_SOURCES."""
     page.locator(".bk-tab").filter(has_text="Model").click()
+    painter = wait_until(lambda: (view := app.views.get("Model")) and view.painter, timeout=60,
+                         message="the Model page to be built")
     wait_until(lambda: page.evaluate(CONFUSION_SOURCES) == expected_rows(painter), timeout=60,
                message="the chord and the bars of the current epoch")
-    return _settled(page, lambda: page.evaluate(CONFUSION_SOURCES))
+    return painter, _settled(page, lambda: page.evaluate(CONFUSION_SOURCES))
 
 
 def test_the_model_page_loads_and_follows_the_player(page, console_errors, model_page):
     url, apps = model_page
     refused = open_dashboard(page, url)
     state = apps[0].state
-    painter = apps[0].views["Model"].painter
-    before = open_model(page, painter)
+    assert "Model" not in apps[0].views  # built when its page is first shown
+    painter, before = open_model(page, apps[0])
     assert before["chord"] and before["bars"]
     assert sum(c for _, _, c in before["bars"]) == len(state.run.labels)  # the bars count every probe sample
     summary = page.locator(".nm-model-summary").inner_text()
@@ -118,8 +121,7 @@ def test_a_click_on_a_ribbon_selects_its_samples_and_the_embeddings_page_highlig
     open_dashboard(page, url)
     state = apps[0].state
     embeddings = _settled(page, lambda: page.evaluate(IMAGE_CHECKSUMS))
-    painter = apps[0].views["Model"].painter
-    open_model(page, painter)
+    painter, _ = open_model(page, apps[0])
     shape = painter.chord()
     k = int(np.argmax([c for _, _, c in expected_rows(painter)["chord"]]))  # the widest ribbon: easy to hit
     inside = shape.ribbons[k][4] * 0.97  # the middle of its source end, just inside the circle

@@ -131,7 +131,7 @@ def step_changes(page, apps, prefix: str, data) -> None:
 def test_weight_grids_follow_the_player(page, console_errors, served, digits_mlp_run):
     url, apps = served(digits_mlp_run)
     refused = open_training(page, url)
-    view = wait_until(lambda: apps and apps[0].views["Training"], message="the session")
+    view = wait_until(lambda: apps and apps[0].views.get("Training"), message="the session's Training page")
     painter = view.painter
     assert painter.weight_layer is not None
     wait_until(lambda: page.locator(".nm-weight-grid").count() == 1, timeout=60, message="the weight grid")
@@ -145,7 +145,7 @@ def test_weight_grids_follow_the_player(page, console_errors, served, digits_mlp
 def test_the_decision_boundary_follows_the_player(page, console_errors, served, moons_run):
     url, apps = served(moons_run)
     open_training(page, url)
-    view = wait_until(lambda: apps and apps[0].views["Training"], message="the session")
+    view = wait_until(lambda: apps and apps[0].views.get("Training"), message="the session's Training page")
     painter = view.painter
     wait_until(lambda: page.locator(".nm-boundary").count() == 1, timeout=60, message="the boundary")
 
