@@ -446,7 +446,7 @@ class ActivationsPainter(param.Parameterized):
         """``(attacked twins scored, how many score above their benign original, median of each)``."""
         run = self.run
         twins = run.twins
-        attacked = twins.index[twins["source"] >= 0]
+        attacked = twins.index[run.twin_sources >= 0]
         if not len(attacked):
             return 0, 0, float("nan"), float("nan")
         position = {t: i for i, t in enumerate(twins.index)}

@@ -224,8 +224,7 @@ class EmbeddingView(Page):
 
     def _attack_controls(self, heading) -> list:
         """Arrows benign → attacked twin, for runs recorded with attacks."""
-        twins = self.state.run.twins
-        if not (twins["source"] >= 0).any():
+        if not (self.state.run.twin_sources >= 0).any():
             return []
         return [heading("**attacks** · arrow from each benign image to its attacked twin, placed by its nearest "
                         "probe neighbours (red: fooled)"),

@@ -184,8 +184,8 @@ class EmbeddingPainter(param.Parameterized):
         cached = self._arrow_cache.get(key)
         if cached is not None:
             return cached
-        table = run.twins
-        attacked = np.flatnonzero(table["source"].to_numpy() >= 0)
+        made_from = run.twin_sources
+        attacked = np.flatnonzero(made_from >= 0)
         epoch = scene.epochs[epoch_index]
         if not len(attacked) or "twin_activation" not in run.ds or epoch not in run.epochs:
             empty = np.zeros((0, 2))
@@ -194,7 +194,7 @@ class EmbeddingPainter(param.Parameterized):
         embedded = np.array([row_of[int(s)] for s in scene.samples])
         reference = run.activations(layer, epoch)[embedded]
         xy = np.column_stack([scene.xs[layer][epoch_index], scene.ys[layer][epoch_index]])
-        sources = np.array([row_of[int(table["source"].iloc[i])] for i in attacked])
+        sources = np.array([row_of[int(made_from[i])] for i in attacked])
         start = twins.place(run.activations(layer, epoch)[sources], reference, xy)
         end = twins.place(run.twin_activations(layer, epoch)[attacked], reference, xy)
         fooled = run.twin_values("twin_fooled", epoch)[attacked] == 1

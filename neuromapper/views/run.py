@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -120,10 +121,29 @@ class RunFacts:
         return self._cached(("probe", layer, epoch),
                             lambda: layer_activations(self.ds, layer).sel(epoch=epoch).values)
 
-    @property
+    @cached_property
     def twins(self) -> pd.DataFrame:
-        """The run's recorded instances (attacked twins and the user's own), from :func:`store.twin_table`."""
-        return self._cached(("twins",), lambda: twin_table(self.ds))
+        """The run's recorded instances (attacked twins and the user's own), from :func:`store.twin_table`.
+
+        Kept for the run's life (a row per twin), not in the activations' LRU, where player steps
+        evicted it and every later use read it from the file again.
+        """
+        return twin_table(self.ds)
+
+    @cached_property
+    def twin_sources(self) -> np.ndarray:
+        """The probe sample each twin was made from (``-1``: an instance of the user's own), read-only.
+
+        Read once from :attr:`twins`. Indexing the shared table on every player step instead added a
+        reference to it each time (pandas' copy-on-write bookkeeping keeps up to 500 of them): small
+        objects that outlive the sessions that made them, which can keep Python's memory arenas
+        from being given back. In a served run after four sessions they were 284 of the 583
+        objects born during the sessions and still alive; with this array, 5 of 275 (none pandas')
+        (``benchmarks/RESULTS-load.md``, 11:00-11:35 UTC).
+        """
+        sources = self.twins["source"].to_numpy(dtype=np.int64, copy=True)
+        sources.flags.writeable = False
+        return sources
 
     def twin_activations(self, layer: str, epoch: int) -> np.ndarray:
         """The twins' activations ``(twin, unit)`` at ``layer`` and ``epoch``; NaN rows where not recorded."""
