@@ -407,3 +407,18 @@ def test_a_page_is_built_when_first_shown_and_sees_what_was_chosen_before(twin_r
         assert not view.shown and app.views["Embeddings"].shown and list(app.views) == ["Embeddings", "Activations"]
     finally:
         app.dispose()
+
+
+def test_the_twin_table_outlives_the_activation_cache(state):
+    """Player steps fill the per-run LRU of activations; the twin table is read once and kept."""
+    from neuromapper.views.run import ACTIVATION_CACHE
+
+    run = state.run
+    table, sources = run.twins, run.twin_sources
+    for epoch in run.epochs:
+        for layer in run.layers:
+            run.activations(layer, epoch)
+            run.twin_activations(layer, epoch)
+    assert 2 * len(run.epochs) * len(run.layers) > ACTIVATION_CACHE  # more than the LRU holds: the churn happened
+    assert run.twins is table and run.twin_sources is sources
+    assert sources.tolist() == table["source"].tolist() and (sources >= 0).any() and not sources.flags.writeable
