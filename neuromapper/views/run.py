@@ -138,8 +138,8 @@ class RunFacts:
         reference to it each time (pandas' copy-on-write bookkeeping keeps up to 500 of them): small
         objects that outlive the sessions that made them, which can keep Python's memory arenas
         from being given back. In a served run after four sessions they were 284 of the 583
-        objects born during the sessions and still alive; with this array, 5 of 275 (none pandas')
-        (``benchmarks/RESULTS-load.md``, 11:00-11:35 UTC).
+        objects born during the sessions and still alive; with this array, none of the 275 left
+        were pandas' (``benchmarks/RESULTS-load.md``, 11:00-11:35 UTC).
         """
         sources = self.twins["source"].to_numpy(dtype=np.int64, copy=True)
         sources.flags.writeable = False

@@ -1,9 +1,9 @@
 """The app shell: a template with one page per view, the run's card and the player on every page.
 
 :class:`App` owns one session: its :class:`~neuromapper.views.state.SessionState` and the views
-over it, each built when its page is first shown. The sidebar holds what every page shares (the run chooser, the
-run's card, the live status, the epoch player and the class toggles) followed by the shown
-page's own controls. Choosing another run disposes the state and views of the old one and builds
+over it, each built when its page is first shown. The sidebar holds what every page shares (the
+run chooser, the run's card, the live status, the epoch player and the class toggles) followed by
+the shown page's own controls. Choosing another run disposes the state and views of the old one and builds
 new ones, so nothing of the old run survives in the session.
 
 :func:`serve_app` is what ``neuromapper serve`` and ``dashboards/dashboard.py`` give each browser
@@ -83,8 +83,8 @@ class App(pn.viewable.Viewer):
 
         A page's view is built the first time its tab is shown (:meth:`view`), not with the session:
         most sessions never leave the Embeddings page, and building the other three up front cost
-        every session about 1 s of server time and 29% more small objects (``App`` over a
-        demo-shaped run: 76,500 against 54,300 Python allocations, 4.4-5.0 s against 3.4-4.2 s, three
+        every session about 1 s of server time and 38% more small objects (``App`` over a
+        demo-shaped run: 76,500 against 55,500 Python allocations, 4.4-5.0 s against 3.3-3.5 s, three
         builds each; ``benchmarks/RESULTS-load.md``), memory that twenty sessions opened at once make
         Python's allocator keep after they close.
         """
@@ -93,9 +93,10 @@ class App(pn.viewable.Viewer):
         self._embedding = None
         self._pages = {name: pn.Column(sizing_mode="stretch_width", margin=0) for name in PAGES}
         self._tabs = pn.Tabs(*self._pages.items(), dynamic=True, sizing_mode="stretch_width")
+        names = list(PAGES)  # tab index -> page name
 
         def show_active(*_):  # a hidden page defers its drawing (views/page.py)
-            active = self.view(list(PAGES)[self._tabs.active])
+            active = self.view(names[self._tabs.active])
             for view in self.views.values():
                 if isinstance(view, Page):
                     view.shown = view is active
@@ -106,7 +107,7 @@ class App(pn.viewable.Viewer):
 
         def page_controls_of(active: int):
             if active not in controls:
-                controls[active] = self.view(list(PAGES)[active]).controls()
+                controls[active] = self.view(names[active]).controls()
             return controls[active]
 
         page_controls = pn.panel(pn.bind(page_controls_of, self._tabs.param.active), sizing_mode="stretch_width")
