@@ -255,3 +255,29 @@ def test_a_session_rebuilt_for_its_websocket_loads_everything_from_the_server(se
     assert refused == [], f"{len(refused)} requests left the server's host, e.g. {refused[:5]}"
     assert errors == []
     assert server_problems(log) == []
+
+
+def test_an_idle_http_connection_is_closed_after_the_servers_idle_timeout(served_run, servers):
+    """A browser's keep-alive connection is closed once idle, not after Tornado's default hour.
+
+    While a connection waits for its next request its timeout is scheduled on the server's loop,
+    and after the connection is gone it stays scheduled until it falls due, keeping objects made
+    during the sessions alive (``neuromapper.cli.IDLE_CONNECTION_S``). The server here is told 2 s.
+    """
+    import http.client
+
+    _, _, port, _ = listening_server(servers, served_run,
+                                     prelude="import neuromapper.cli as cli\ncli.IDLE_CONNECTION_S = 2.0")
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("GET", "/favicon.ico")  # HTTP/1.1: the connection is kept for the next request
+        response = connection.getresponse()
+        assert response.status == 200 and response.read() and not response.will_close
+        idle_from = time.monotonic()
+        connection.sock.settimeout(30)  # Tornado's default keeps it open for an hour: recv would time out
+        assert connection.sock.recv(1) == b"", "the server sent more than the response"
+        closed_after = time.monotonic() - idle_from
+    finally:
+        connection.close()
+    print(f"the idle connection was closed after {closed_after:.1f} s")
+    assert 1.5 <= closed_after < 30

@@ -105,12 +105,23 @@ def test_a_closed_session_leaves_no_object_and_no_thread(server):
 def test_sessions_do_not_accumulate(server):
     """Three sessions one after the other, each released before the next opens (a leak grows with each)."""
     states = []
+    template_roots = set(pn.state._fake_roots)
     for _ in range(3):
         refs = open_and_close(server)
         states.append(refs["SessionState"])
         wait_until(lambda: released(refs), timeout=60, interval=0.5,  # noqa: B023 - waited for in this loop
                    message="the closed session to be released")
     assert [ref() for ref in states] == [None, None, None]
+    # Panel's note of each template's root: the last session's goes, at the latest, when the next closes
+    assert len(set(pn.state._fake_roots) - template_roots) <= 1, pn.state._fake_roots
+
+
+def test_only_closed_sessions_template_roots_are_forgotten(monkeypatch):
+    """An open session's template root (in ``pn.state._views``) stays noted; a closed one's goes."""
+    monkeypatch.setattr(pn.state, "_fake_roots", ["p-open", "p-closed"])
+    monkeypatch.setattr(pn.state, "_views", {"p-open": object()})
+    shell.forget_closed_templates()
+    assert pn.state._fake_roots == ["p-open"]
 
 
 def test_a_disposed_training_painter_leaves_the_shared_input_tsne(embedded):
