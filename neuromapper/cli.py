@@ -230,11 +230,10 @@ CHECK_UNUSED_SESSIONS_S = 5.0
 # A browser keeps its HTTP connections open between requests (a page's scripts, stylesheets and
 # images); Tornado closes an idle one after an hour. Each wait for the next request schedules that
 # hour's timeout on the server's event loop, and the timeout stays scheduled, cancelled, until
-# its hour is up: asyncio drops a cancelled timer early only once they outnumber the live ones.
-# After six sessions closed, those timers were 148 of the 355 objects born during the sessions
-# and still alive (`benchmarks/RESULTS-load.md`, "what stays scheduled"); scattered among the
-# sessions' freed memory, each keeps a 1 MiB arena of Python's allocator from being given back.
-# An idle connection is closed sooner; the browser opens a new one when it next needs one.
+# its hour is up (asyncio drops cancelled timers early only once they outnumber the live ones):
+# after six sessions closed, those timers were 148 of the 355 objects born during the sessions
+# and still alive (`benchmarks/RESULTS-load.md`, "what a closed session leaves"). An idle connection is closed
+# sooner; the browser opens a new one when it next needs one.
 IDLE_CONNECTION_S = 20.0
 
 

@@ -325,11 +325,10 @@ def _session_closed(app: App, _context) -> None:
 def forget_closed_templates() -> None:
     """Drop the ids of closed sessions' templates from ``pn.state._fake_roots``.
 
-    Panel (1.9.4) notes each served template's root id there, for the server's life: its
-    session-end hook reads the id from ``BaseTemplate._refs``, which nothing fills, so one id per
-    session stayed (``tests/test_session_release.py``). Small as they are, those strings were made
-    while the sessions ran, and each kept a 1 MiB arena of Python's allocator from being given
-    back (11 of them in 9 arenas after six sessions; ``benchmarks/RESULTS-load.md``). A template
+    Panel (1.9.4) notes each served template's root id there and means to drop it when the
+    session ends, but its session-end hook reads the id from ``BaseTemplate._refs``, which nothing
+    fills: a string per session stayed for the server's life (``tests/test_session_release.py``),
+    one of the few objects a closed session left (``benchmarks/RESULTS-load.md``). A template
     whose session is open has its root in ``pn.state._views``; a closed one's is removed from there
     when its session ends (before or after this hook, in Bokeh's order, so at the latest with the
     next session that closes).
