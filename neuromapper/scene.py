@@ -12,7 +12,6 @@ costs its coordinates (8 bytes per point, layer and epoch) and not more.
 from __future__ import annotations
 
 import functools
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -299,21 +298,24 @@ class EmbeddingScene:
         """Median position of each class's samples at every epoch: ``(epoch, class, 2)``, cached.
 
         Computed once per layer (one sort per class and epoch) so that drawing centroid paths on
-        a player step is a slice, not a median over every member again.
+        a player step is a slice, not a median over every member again. A class with no placed
+        sample at an epoch has no centroid there (NaN). Those epochs are left out of the median
+        rather than its warning silenced: this runs on render threads, and
+        ``warnings.catch_warnings`` swaps the process-wide filter list, so two threads inside it
+        at once can leave one's filter installed for the whole process.
         """
         cached = self._centroids.get(layer)
         if cached is None:
-            xs, ys = self.xs[layer], self.ys[layer]
             cached = np.full((len(self.epochs), len(self.class_names), 2), np.nan, dtype=np.float32)
             order = np.argsort(self.labels, kind="stable")
             bounds = np.searchsorted(self.labels[order], np.arange(len(self.class_names) + 1))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # a class with no placed sample at an epoch
-                for c in range(len(self.class_names)):
-                    members = order[bounds[c]:bounds[c + 1]]
-                    if members.size:
-                        cached[:, c, 0] = np.nanmedian(xs[:, members], axis=1)
-                        cached[:, c, 1] = np.nanmedian(ys[:, members], axis=1)
+            for c in range(len(self.class_names)):
+                members = order[bounds[c]:bounds[c + 1]]
+                for d, coords in enumerate((self.xs[layer], self.ys[layer])):
+                    values = coords[:, members]
+                    placed = ~np.isnan(values).all(axis=1)
+                    if placed.any():
+                        cached[placed, c, d] = np.nanmedian(values[placed], axis=1)
             self._centroids[layer] = cached
         return cached
 

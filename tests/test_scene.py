@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -87,6 +89,21 @@ def test_lookups():
     assert centroids.shape == (3, 3, 2) and centroids[0, 0].tolist() == [0.5, 0.5]
     assert centroids[2, 2].tolist() == [5.0, 5.0]  # the NaN (unplaced) sample is ignored in the median
     assert scene.sample_paths("b", 1, np.array([0, 3])).shape == (2, 2, 2)
+
+
+def test_a_class_with_no_placed_sample_has_no_centroid_and_no_warning(monkeypatch):
+    scene = _scene()
+    scene.xs["a"][1, 4:] = scene.ys["a"][1, 4:] = np.nan  # class "owl" unplaced at the second epoch
+    real, swaps = warnings.catch_warnings, []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would be an error here
+        # render threads call this: swapping the process-wide warning filters there is a race
+        monkeypatch.setattr(warnings, "catch_warnings", lambda *a, **k: swaps.append(a) or real(*a, **k))
+        centroids = scene.centroids("a")
+        monkeypatch.undo()
+    assert swaps == [], "the warning filters were swapped"
+    assert np.isnan(centroids[1, 2]).all() and centroids[1, 0].tolist() == [1.0, 1.0]
+    assert centroids[0, 2].tolist() == [4.5, 4.5]
 
 
 def test_many_classes_get_distinct_colours_and_codes_past_127():
