@@ -10,7 +10,9 @@ chromium through Playwright where a page is needed:
   stylesheet comes from the server itself (issue 12, finding 12);
 * the cause of finding 12 on its own: a page that connects its websocket after its session
   expired gets a session built for the websocket, and that one loads its stylesheets from the
-  server too.
+  server too;
+* an idle keep-alive HTTP connection is closed after the server's idle timeout, not Tornado's
+  default hour (its pending timeout kept objects made during sessions alive; finding 10).
 """
 
 from __future__ import annotations
