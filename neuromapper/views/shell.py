@@ -3,8 +3,8 @@
 :class:`App` owns one session: its :class:`~neuromapper.views.state.SessionState` and the views
 over it, each built when its page is first shown. The sidebar holds what every page shares (the
 run chooser, the run's card, the live status, the epoch player and the class toggles) followed by
-the shown page's own controls. Choosing another run disposes the state and views of the old one and builds
-new ones, so nothing of the old run survives in the session.
+the shown page's own controls. Choosing another run disposes the state and views of the old one
+and builds new ones, so nothing of the old run survives in the session.
 
 :func:`serve_app` is what ``neuromapper serve`` and ``dashboards/dashboard.py`` give each browser
 session: a fresh App whose background work reports to that session's event loop, released when
