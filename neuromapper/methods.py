@@ -7,13 +7,16 @@ the layouts are ``(epoch, sample, 2)`` float32 with NaN for points that could no
 everything around them (parameters, caching, storage, parallelism, quality figures).
 
 ``after`` (a :class:`Continuation`) makes a method carry on from an epoch laid out earlier -- the
-last epoch of a stored embedding when the run has grown since -- so that only the new epochs are
-computed. ``anchored-umap`` starts the first new epoch from the stored layout and compares its
-neighbour sets with the stored epoch's, exactly as its loop does from one epoch to the next;
+last epoch of a stored embedding when the run has grown since, or for ``anchored-umap`` the one
+before it (:data:`LOOKS_AHEAD`: its last epoch had no next one to look ahead to and is laid out
+again) -- so that only the new epochs are computed. ``anchored-umap`` starts the first epoch it
+lays out from the stored layout and compares its neighbour sets with the stored epoch's, exactly
+as its loop does from one epoch to the next;
 ``tsne`` starts the first new epoch from the stored layout, as it starts every epoch from the one
 before; ``umap`` and ``pca`` rotate the first new layout onto the stored one.
 ``anchored-umap`` reads the stored epoch's neighbour sets from ``Continuation.neighbours`` (stored
-with the embedding) and the result equals a reduction of all epochs at once, bit for bit. Without
+with the embedding) and the result equals a reduction of all epochs at once, bit for bit (its
+epochs depend on the epochs before them and the one after, nothing else). Without
 them it rebuilds that epoch's graph from ``Continuation.activations``: with exact neighbour
 search (up to :data:`EXACT_KNN_MAX` samples) that is the same graph and the same result; above it
 the rebuilt graph starts NN-descent differently, so the new epochs may differ a little.
@@ -49,7 +52,14 @@ which every gradient step also visits the point's copies in up to six neighbouri
    term that pulls each point toward its previous position, weighted by that point's Jaccard
    similarity -- the same weight ``AlignedUMAP`` uses for its alignment term. The anchor is
    scale-free (:func:`neuromapper.layout.optimize_layout`): it resists changes of the layout's
-   shape, not its uniform growth as classes separate.
+   shape, not its uniform growth as classes separate;
+4. every epoch but the last **looks ahead**: it is optimised on its own fuzzy graph plus
+   :data:`LOOK_AHEAD` times the next epoch's, so it already leans toward where the
+   neighbourhoods go next. ``AlignedUMAP`` gets the same from aligning each epoch with the
+   epochs on both sides; a method that only looks back moves late where the structure changes
+   (a class splits) and then catches up in larger steps. The last epoch has nothing to look
+   ahead to: when the run grows it is laid out again (:data:`LOOKS_AHEAD`), so a live run's
+   newest frame moves once, when its successor arrives, and no frame before it ever does.
 
    Why these numbers (``benchmarks/bench_reduce.py``, RESULTS-reduce.md, 2026-11-30): with a
    fixed anchor target and 30 * (1 + 2 * change) passes (at most 100) the default met issue 9's
@@ -99,9 +109,11 @@ layout (see :func:`tsne_per_epoch`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 import warnings
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -124,7 +136,8 @@ WARM_PASSES = 20
 WARM_PASSES_SLOPE = 8.0
 WARM_PASSES_MAX = 110
 WARM_ALPHA = 0.5
-ANCHOR_STRENGTH = 1.0
+ANCHOR_STRENGTH = 0.8
+LOOK_AHEAD = 0.3
 SPREAD = 1.0
 TSNE_WARM_ITERS = 250
 
@@ -136,6 +149,10 @@ TSNE_WARM_ITERS = 250
 # layer (the one every numba install has) aborts on when two threads launch them at once; the one
 # such kernel anchored-umap reaches, pynndescent's NN-descent, runs under _PARALLEL_KERNELS.
 THREADED_METHODS = frozenset({"anchored-umap"})
+# Methods that lay out each epoch looking ahead to the next one: their last epoch, laid out with
+# nothing to look ahead to, is laid out again when the run grows (neuromapper.reduce carries on
+# from the epoch before it).
+LOOKS_AHEAD = frozenset({"anchored-umap"})
 _PARALLEL_KERNELS = threading.Lock()
 
 OnEpoch = Callable[[int, np.ndarray], None]
@@ -346,8 +363,11 @@ def anchored_umap(
 ) -> tuple[np.ndarray, str]:
     """Warm-started, anchored UMAP layouts of every epoch (see the module docstring).
 
-    ``on_neighbours(ids)`` is called at the end with the last epoch's :func:`neighbour_ids`: given
-    back as ``Continuation.neighbours``, they spare a later call rebuilding that epoch's graph.
+    ``on_neighbours(ids)`` is called at the end with the :func:`neighbour_ids` of the epoch
+    before the last, the last one laid out for good (the last epoch had no next one to look
+    ahead to, so a continuation lays it out again: :data:`LOOKS_AHEAD`). Given back as
+    ``Continuation.neighbours`` with that epoch's layout, they spare a later call rebuilding
+    that epoch's graph.
     """
     with _one_core_for_the_optimiser():
         return _anchored_umap(activations, n_neighbors, min_dist, seed, on_epoch, should_stop, after, on_neighbours,
@@ -392,7 +412,9 @@ def _anchored_umap(activations, n_neighbors, min_dist, seed, on_epoch, should_st
         if previous_graph.usable:
             previous_ids = np.ascontiguousarray(after.neighbours[:, 1:], dtype=np.int64)
         steps, first, skip = list(activations), after.index + 1, 0
-    last_ids = None
+    # (step, neighbour_ids) of the last two steps: the one before the last is where a later
+    # continuation starts (the last epoch is laid out again once its successor exists)
+    recent = deque(maxlen=2)
     stopped = False
 
     def stop() -> bool:
@@ -400,22 +422,26 @@ def _anchored_umap(activations, n_neighbors, min_dist, seed, on_epoch, should_st
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuromapper-graphs") as pool:
         graphs = build_graphs(steps, n_neighbors, seed, cuml, stop, first_epoch=first, previous=previous_graph)
-        pending = pool.submit(next, graphs, None)
+        # Epoch t is laid out with epoch t+1's graph (the look-ahead), so the graphs of t+1 and t+2
+        # are queued while t is optimised: one graph thread, in order, one epoch ahead of the need.
+        queued = deque(pool.submit(next, graphs, None) for _ in range(min(2, len(steps))))
         try:
             for step in range(len(steps)):
-                g = pending.result()
-                if step + 1 < len(steps):
-                    pending = pool.submit(next, graphs, None)
+                g = queued.popleft().result()
+                following = queued[0].result() if queued else None
+                if step + 2 < len(steps):
+                    queued.append(pool.submit(next, graphs, None))
                 if should_stop():
                     raise Stopped
-                last_ids = neighbour_ids(g, n_samples, n_neighbors)
-                ids = np.ascontiguousarray(last_ids[:, 1:]) if g.usable else None
+                all_ids = neighbour_ids(g, n_samples, n_neighbors)
+                recent.append((step, all_ids))
+                ids = np.ascontiguousarray(all_ids[:, 1:]) if g.usable else None
                 epoch = step - skip
                 if epoch < 0:
                     previous_ids = ids
                     continue
                 if g.usable:
-                    out[epoch] = _place_epoch(g, previous_layout, ids, previous_ids, a, b, seed, first + step,
+                    out[epoch] = _place_epoch(g, following, previous_layout, ids, previous_ids, a, b, seed, first + step,
                                               n_samples, warm_passes, warm_alpha, anchor_strength, should_stop)
                     previous_ids = ids
                 previous_layout = out[epoch]
@@ -424,14 +450,16 @@ def _anchored_umap(activations, n_neighbors, min_dist, seed, on_epoch, should_st
                 on_epoch(epoch, out[epoch])
         finally:
             stopped = True
-            pending.cancel()
-    if on_neighbours is not None:
-        on_neighbours(last_ids)
+            for future in queued:
+                future.cancel()
+    if on_neighbours is not None and len(steps) >= 2 and recent[0][0] == len(steps) - 2:
+        on_neighbours(recent[0][1])
     return out, "cuml+numba" if cuml is not None else "numba"
 
 
-def _place_epoch(g, previous_layout, ids, previous_ids, a, b, seed, epoch, n_samples,
+def _place_epoch(g, following, previous_layout, ids, previous_ids, a, b, seed, epoch, n_samples,
                  warm_passes, warm_alpha, anchor_strength, should_stop):
+    g = dataclasses.replace(g, graph=_looking_ahead(g, following, n_samples))
     heads, tails, epochs_per_sample, degree = edge_schedule(g.graph)
     layout_seed = seed * 100_003 + epoch
     placed_before = None
@@ -457,6 +485,25 @@ def _place_epoch(g, previous_layout, ids, previous_ids, a, b, seed, epoch, n_sam
     y[degree == 0] = np.nan  # disconnected: no position is meaningful
     placed[g.rows] = y
     return placed
+
+
+def _looking_ahead(g: EpochGraph, following: EpochGraph | None, n_samples: int) -> scipy.sparse.csr_matrix:
+    """``g``'s fuzzy graph plus :data:`LOOK_AHEAD` times the next epoch's (its edges among ``g``'s rows).
+
+    The look-ahead: a layout optimised on it leans toward where the neighbourhoods go next, as
+    AlignedUMAP's two-sided alignment does (module docstring). The last epoch has no next one.
+    """
+    if following is None or not following.usable or LOOK_AHEAD == 0:
+        return g.graph
+    ahead = following.graph
+    if not np.array_equal(following.rows, g.rows):
+        position = np.full(n_samples, -1, dtype=np.int64)
+        position[g.rows] = np.arange(len(g.rows))
+        coo = ahead.tocoo()
+        heads, tails = position[following.rows[coo.row]], position[following.rows[coo.col]]
+        both = (heads >= 0) & (tails >= 0)
+        ahead = scipy.sparse.csr_matrix((coo.data[both], (heads[both], tails[both])), shape=g.graph.shape)
+    return (g.graph + np.float32(LOOK_AHEAD) * ahead).tocsr()
 
 
 def _place_newcomers(y: np.ndarray, known: np.ndarray, knn_indices: np.ndarray, seed: int) -> None:

@@ -531,6 +531,9 @@ def reduce(
         params.method == "aligned-umap" or not np.array_equal(stored["sample"].values, ds["sample"].values[samples])
     ):
         stored = None  # a joint optimisation cannot carry on; other samples cannot either: recompute all
+    if stored is not None and params.method in _methods.LOOKS_AHEAD:
+        # Its last epoch was laid out with no next epoch to look ahead to: laid out again now.
+        stored = stored.isel(epoch=slice(0, -1)) if stored.sizes["epoch"] > 1 else None
 
     new_epochs = epochs[stored.sizes["epoch"]:] if stored is not None else epochs
     if progress == "tqdm":
@@ -579,7 +582,8 @@ def _compute(ds, root, params, samples, epochs, stored, started, progress, cance
     neighbours = None
     if all(r.get("neighbours") is not None for r in results):
         neighbours = xr.DataArray(np.stack([r["neighbours"] for r in results]), dims=("layer", "sample", "neighbour"),
-                                  coords={"layer": da["layer"].values, "sample": da["sample"].values})
+                                  coords={"layer": da["layer"].values, "sample": da["sample"].values},
+                                  attrs={"epoch": int(da["epoch"].values[-2])})
     write_embedding(root, da, neighbours)
     return load_embedding(root, key)
 

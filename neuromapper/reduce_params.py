@@ -25,9 +25,9 @@ samples -- plus :data:`REDUCE_VERSION`, bumped whenever an algorithm changes its
 stale files are not mistaken for current ones. Equal parameters always give the same key, in any
 process and on any machine, so several parameter sets live side by side beside a run, survive
 restarts, and a lookup is a file-exists check. How the work is done (processes, a dask cluster,
-progress, cuML or not) is not part of the key. The JSON is exactly what NeuroMapper 0.1.0 hashed,
-so embeddings stored before :class:`ReduceParams` existed are still found (``tests/test_reduce.py``
-pins the key of the default parameters). The epochs an embedding covers are not part of the key
+progress, cuML or not) is not part of the key. The JSON is exactly what NeuroMapper 0.1.0 hashed
+(``tests/test_reduce.py`` pins the key of the default parameters); version 2 (``anchored-umap``
+looks one epoch ahead) made the layouts of version 1 stale, so they are computed again. The epochs an embedding covers are not part of the key
 either: a run that grows keeps its key, and the stored embedding is extended (see
 :func:`neuromapper.reduce.reduce`).
 """
@@ -47,7 +47,7 @@ __all__ = ["KEY_LENGTH", "METHODS", "REDUCE_VERSION", "ReduceParams", "check_int
 
 METHODS = ("anchored-umap", "aligned-umap", "umap", "pca", "tsne")
 """The reduction methods, the default first (see :mod:`neuromapper.methods`)."""
-REDUCE_VERSION = 1
+REDUCE_VERSION = 2
 KEY_LENGTH = 16
 MIN_DIST_DECIMALS = 6
 

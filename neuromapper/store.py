@@ -855,7 +855,8 @@ def lacks(ds: xr.Dataset) -> list[str]:
 # is a function of the parameters only (see neuromapper.reduce_params), so one file per parameter
 # set; the epochs it covers are read from the file and compared with the run's here, which is
 # what makes a stored embedding current, partial (the run grew since) or stale. The same file may
-# also hold ``neighbours(layer, sample, neighbour)``, the neighbour sets of its last epoch (see
+# also hold ``neighbours(layer, sample, neighbour)``, the neighbour sets of the epoch a later
+# continuation starts from, that epoch's number in the variable's ``epoch`` attribute (see
 # :func:`load_neighbours` for why).
 
 EMBEDDING_DIR = "embeddings"
@@ -902,8 +903,8 @@ def write_embedding(run, embedding: xr.DataArray, neighbours: xr.DataArray | Non
     """Store ``embedding`` (from :func:`neuromapper.reduce`) under its ``key`` attribute, atomically.
 
     An embedding stored under the same key is replaced; a crash leaves the old file or the new one.
-    ``neighbours``, the neighbour sets of the embedding's last epoch (see :func:`load_neighbours`),
-    are stored in the same file when given.
+    ``neighbours``, the neighbour sets of one of the embedding's epochs (its number in their
+    ``epoch`` attribute; see :func:`load_neighbours`), are stored in the same file when given.
     """
     path = embedding_file(run, embedding.attrs.get("key"))
     stored = embedding.rename("embedding").to_dataset()
@@ -917,17 +918,18 @@ NEIGHBOURS = "neighbours"
 
 
 def load_neighbours(run, key: str, epoch: int) -> xr.DataArray | None:
-    """The neighbour sets stored with the embedding ``key`` for its last epoch, ``epoch``; else ``None``.
+    """The neighbour sets stored with the embedding ``key`` for its epoch ``epoch``; else ``None``.
 
     Why they are stored: carrying an ``anchored-umap`` embedding on to a new epoch needs the
-    neighbour sets of the last stored epoch (they weight the anchor, and start NN-descent above
+    neighbour sets of the epoch it carries on from (they weight the anchor, and start NN-descent above
     :data:`neuromapper.methods.EXACT_KNN_MAX` samples). Rebuilt from the activations they cost
     a PCA and a k-nearest-neighbour search per layer on every live append (0.3 s a layer at
     10,000 samples, ``benchmarks/RESULTS-live.md``); stored, the append reads them. They sit in
     the embedding's own file, written in the same atomic write, so they always belong to the
     stored layouts; they are optional, and ``None`` here (an embedding written before they were
-    stored, by a method that keeps none, or a file whose last epoch is not ``epoch``) means the
-    caller rebuilds them.
+    stored, by a method that keeps none, or neighbour sets of another epoch) means the caller
+    rebuilds them. For ``anchored-umap`` that epoch is the one before the last
+    (:data:`neuromapper.methods.LOOKS_AHEAD`).
 
     Returns
     -------
@@ -938,7 +940,7 @@ def load_neighbours(run, key: str, epoch: int) -> xr.DataArray | None:
     path = embedding_file(run, key)
     try:
         with HDF5_GUARD, open_netcdf(path) as stored:
-            if NEIGHBOURS not in stored.data_vars or int(stored["epoch"].values[-1]) != int(epoch):
+            if NEIGHBOURS not in stored.data_vars or stored[NEIGHBOURS].attrs.get("epoch") != int(epoch):
                 return None
             neighbours = stored[NEIGHBOURS].load()
     except (RunError, OSError, KeyError, IndexError):

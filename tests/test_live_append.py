@@ -61,37 +61,39 @@ def test_stored_neighbour_sets_give_the_new_epoch_the_fallback_gives(live_run, t
     run, held = live_run
     before = neuromapper.reduce(run, n_jobs=1)
     key = before.attrs["key"]
-    kept = store.load_neighbours(run, key, EPOCHS - 2)
+    # the epoch before the last, where a continuation starts: the last is laid out again, looking ahead
+    kept = store.load_neighbours(run, key, EPOCHS - 3)
     assert kept.dims == ("layer", "sample", "neighbour") and kept.dtype == np.int32
     assert kept.shape == (2, 400, 15) and (kept.values[:, :, 0] == np.arange(400)).all()  # each sample first
-    assert store.load_neighbours(run, key, EPOCHS - 3) is None  # only for the last epoch
+    assert store.load_neighbours(run, key, EPOCHS - 2) is None  # only for that epoch
     saved = tmp_path / "before.nc"
     shutil.copy(store.embedding_file(run, key), saved)
     _land(run, held)
 
     built = _graphs_built(monkeypatch)
     fast = neuromapper.reduce(run, n_jobs=1)
-    assert len(built) == 2  # the new epoch of each layer only: the stored epoch's graphs were not rebuilt
-    kept_fast = store.load_neighbours(run, key, EPOCHS - 1).values
+    assert len(built) == 4  # per layer the last stored epoch (laid out again) and the new one, nothing earlier
+    kept_fast = store.load_neighbours(run, key, EPOCHS - 2).values
 
     # the fallback: the same embedding stored without its neighbour sets (as before they were kept)
     shutil.copy(saved, store.embedding_file(run, key))
     store.write_embedding(run, store.load_embedding(run, key))
-    assert store.load_neighbours(run, key, EPOCHS - 2) is None
+    assert store.load_neighbours(run, key, EPOCHS - 3) is None
     built.clear()
     slow = neuromapper.reduce(run, n_jobs=1)
-    assert len(built) == 4  # the stored epoch's graphs rebuilt from its activations
-    assert store.load_neighbours(run, key, EPOCHS - 1) is not None  # ...and kept for the next epoch
+    assert len(built) == 6  # and the graphs of the epoch carried on from, rebuilt from its activations
+    assert store.load_neighbours(run, key, EPOCHS - 2) is not None  # ...and kept for the next epoch
 
     np.testing.assert_array_equal(fast.values, slow.values)
     assert _figures(fast) == _figures(slow)
-    for grown in (fast, slow):  # earlier frames never move
-        assert grown.values[:-1].tobytes() == before.values.tobytes()
-        assert _figures(grown.isel(epoch=slice(0, -1))) == _figures(before)
+    for grown in (fast, slow):  # frames laid out for good never move; the stored last one moves once
+        assert grown.values[:-2].tobytes() == before.values[:-1].tobytes()
+        assert _figures(grown.isel(epoch=slice(0, -2))) == _figures(before.isel(epoch=slice(0, -1)))
+        assert not np.array_equal(grown.values[-2], before.values[-1])  # now with the next epoch to look ahead to
     full = neuromapper.reduce(run, n_jobs=1, force=True)
     np.testing.assert_array_equal(fast.values, full.values)
     assert _figures(fast) == _figures(full)
-    np.testing.assert_array_equal(store.load_neighbours(run, key, EPOCHS - 1).values, kept_fast)
+    np.testing.assert_array_equal(store.load_neighbours(run, key, EPOCHS - 2).values, kept_fast)
 
 
 @pytest.mark.slow  # pynndescent compiles its kernels in every new process (about 40 s)
@@ -103,7 +105,7 @@ def test_stored_neighbour_sets_start_nn_descent_where_the_whole_loop_did(live_ru
     before = neuromapper.reduce(run, n_jobs=1)
     _land(run, held)
     grown = neuromapper.reduce(run, n_jobs=1)
-    assert grown.values[:-1].tobytes() == before.values.tobytes()
+    assert grown.values[:-2].tobytes() == before.values[:-1].tobytes()
     full = neuromapper.reduce(run, n_jobs=1, force=True)
     np.testing.assert_array_equal(grown.values, full.values)
 
@@ -113,18 +115,18 @@ def test_unplaced_samples_survive_the_stored_neighbour_sets(live_run, monkeypatc
     run, held = live_run
     layer_activations = store.layer_activations
 
-    def with_gaps(ds, layer):  # samples 0-29 not finite at the stored epoch
+    def with_gaps(ds, layer):  # samples 0-29 not finite at the epoch whose neighbour sets are stored
         da = layer_activations(ds, layer).copy()
-        return da.where(~((da["epoch"] == EPOCHS - 2) & (da["sample"] < 30)))
+        return da.where(~((da["epoch"] == EPOCHS - 3) & (da["sample"] < 30)))
 
     monkeypatch.setattr(reduction, "layer_activations", with_gaps)
     before = neuromapper.reduce(run, n_jobs=1)
-    kept = store.load_neighbours(run, before.attrs["key"], EPOCHS - 2).values
+    kept = store.load_neighbours(run, before.attrs["key"], EPOCHS - 3).values
     assert (kept[:, :30] == -1).all() and (kept[:, 30:] >= 30).all()
-    assert np.isnan(before.values[-1, :, :30]).all()
+    assert np.isnan(before.values[-2, :, :30]).all()
     _land(run, held)
     fast = neuromapper.reduce(run, n_jobs=1)
-    assert np.isfinite(fast.values[-1]).all()
+    assert np.isfinite(fast.values[-2:]).all()
     full = neuromapper.reduce(run, n_jobs=1, force=True)
     np.testing.assert_array_equal(fast.values, full.values)
 

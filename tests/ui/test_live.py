@@ -249,7 +249,7 @@ def test_live_run_grows_in_an_open_page(page, console_errors, serve, apps, recor
     settle(page)
     first = state.scene
     assert first.epochs == [0, 1]
-    earlier = {layer: (first.xs[layer].copy(), first.ys[layer].copy()) for layer in first.layers}
+    coordinates = [{layer: (first.xs[layer].copy(), first.ys[layer].copy()) for layer in first.layers}]
     page.evaluate("() => { window.__nmSamePage = true; }")  # gone if the page reloads
 
     gate.touch()  # the run goes on: one epoch about every 3 s up to epoch 5
@@ -259,12 +259,14 @@ def test_live_run_grows_in_an_open_page(page, console_errors, serve, apps, recor
         assert time.monotonic() < deadline, f"the embedding stopped growing at {seen_epochs[-1]} ({lines})"
         if scene.epochs != seen_epochs[-1]:
             seen_epochs.append(scene.epochs)
+            coordinates.append({layer: (scene.xs[layer].copy(), scene.ys[layer].copy()) for layer in scene.layers})
         live = live_text(page)
         if live and live not in seen_live:
             seen_live.append(live)
         time.sleep(0.2)
-    if state.scene.epochs != seen_epochs[-1]:
-        seen_epochs.append(state.scene.epochs)
+    if (scene := state.scene).epochs != seen_epochs[-1]:
+        seen_epochs.append(scene.epochs)
+        coordinates.append({layer: (scene.xs[layer].copy(), scene.ys[layer].copy()) for layer in scene.layers})
     assert proc.wait(timeout=60) == 0, lines
 
     # the player offers every epoch, on the server and in the page
@@ -278,11 +280,15 @@ def test_live_run_grows_in_an_open_page(page, console_errors, serve, apps, recor
     assert all(a == b[:len(a)] and len(a) < len(b) for a, b in zip(seen_epochs, seen_epochs[1:])), seen_epochs
     assert len(seen_epochs) >= 3, seen_epochs
 
-    # earlier epochs keep their coordinates: the reduce stage appended, it did not recompute
-    final = state.scene
-    for layer, (xs, ys) in earlier.items():
-        assert np.array_equal(final.xs[layer][:2], xs, equal_nan=True), f"{layer}: x of epochs 0-1 changed"
-        assert np.array_equal(final.ys[layer][:2], ys, equal_nan=True), f"{layer}: y of epochs 0-1 changed"
+    # frames laid out for good keep their coordinates: each extension laid out the new epochs and the
+    # previous last one (it had no next epoch to look ahead to until now), nothing earlier
+    for (before, after), (shown, grown) in zip(zip(seen_epochs, seen_epochs[1:]), zip(coordinates, coordinates[1:])):
+        kept = len(before) - 1
+        for layer, (xs, ys) in shown.items():
+            assert np.array_equal(grown[layer][0][:kept], xs[:kept], equal_nan=True), f"{layer}: x of {before[:kept]} moved"
+            assert np.array_equal(grown[layer][1][:kept], ys[:kept], equal_nan=True), f"{layer}: y of {before[:kept]} moved"
+        assert any(not np.array_equal(grown[layer][0][kept], xs[kept]) for layer, (xs, _) in shown.items()), \
+            f"epoch {before[-1]} was not laid out again when epoch {after[-1]} came"
 
     # the player steps to the new last epoch and every layer redraws
     before = settle(page)
