@@ -101,12 +101,25 @@ def main(argv=None) -> int:
                         help="append from an embedding stored without neighbour sets")
     args = parser.parse_args(argv)
     print(f"load average before: {os.getloadavg()}", file=sys.stderr)
+    results = live_part(args.sizes, args.trials, args.without_neighbours)
+    print(f"load average after: {os.getloadavg()}", file=sys.stderr)
+    print_table(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def live_part(sizes: list[int], trials: int, without_neighbours: bool = False) -> list[dict]:
+    """:func:`measure` at each size, in a temporary folder (also run by ``bench_reduce.py``)."""
     results = []
     with tempfile.TemporaryDirectory(prefix="nm-live-") as tmp:
-        for n in args.sizes:
-            results.append(measure(n, args.trials, Path(tmp), args.without_neighbours))
+        for n in sizes:
+            results.append(measure(n, trials, Path(tmp), without_neighbours))
             print(f"  {n:,} samples done", file=sys.stderr)
-    print(f"load average after: {os.getloadavg()}", file=sys.stderr)
+    return results
+
+
+def print_table(results: list[dict]) -> None:
     print(f"{'samples':>8} {'layers':>6} {'live append (median, s)':>24} {'trials (s)':>22} "
           f"{'full recompute (s)':>19} {'ratio':>6} {'earlier frames moved':>21} {'laid out = full':>17}")
     for r in results:
@@ -114,9 +127,6 @@ def main(argv=None) -> int:
         print(f"{r['samples']:>8,} {r['layers']:>6} {r['live_append_median_s']:>24.2f} {trials:>22} "
               f"{r['full_recompute_s']:>19.1f} {r['full_recompute_s'] / r['live_append_median_s']:>5.1f}x "
               f"{'yes' if r['earlier_frames_moved'] else 'no':>21} {'yes' if r['appended_equals_full'] else 'NO':>17}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

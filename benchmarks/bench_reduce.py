@@ -1,6 +1,6 @@
 """What the reduce stage costs and how good it is, side by side with umap-learn's AlignedUMAP.
 
-Two parts.
+Three parts.
 
 **Families** (the default). For each data set, ``anchored-umap`` (the default method) and
 ``aligned-umap`` (umap-learn's ``AlignedUMAP`` on the same PCA pre-embedding, the reference) run
@@ -33,6 +33,12 @@ compilation is done. umap-learn rebuilds the numba function of AlignedUMAP's joi
 on every ``fit``, so that compilation is part of every AlignedUMAP call; the script measures it
 (the second tiny call) and leaves it out of AlignedUMAP's time for the speed ratio, which is
 the conservative choice (the table also shows AlignedUMAP's full time).
+
+**Live append** (the default; ``--skip-live`` leaves it out): ``benchmarks/bench_live.py``'s
+measurement, an epoch file landing in a growing run -> its embedding stored and shown in a
+session, at 2,000 and 10,000 samples x 4 layers x 10 epochs (3 trials each), beside a full
+recompute of the run in the same process; issue 9's aim is <= 2 s at 2,000. That script's
+docstring says how it is measured.
 
 **Scale** (``--scale``): the end-to-end rows of the first version of this script. Every (data
 set, method) runs ``neuromapper.reduce(..., force=True)`` in a fresh Python process, so that peak
@@ -550,6 +556,7 @@ def main() -> int:
     parser.add_argument("--demo", default="data/demo", help="the demo run (its row is skipped if absent)")
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--skip-families", action="store_true")
+    parser.add_argument("--skip-live", action="store_true", help="leave out the live-append rows")
     parser.add_argument("--scale", action="store_true", help="also the end-to-end rows (fresh processes)")
     parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[10000, 40000, 2000],
                         help="--scale: synthetic run sizes")
@@ -575,6 +582,13 @@ def main() -> int:
     out: dict = {}
     if not args.skip_families:
         out["families"] = families_part(args)
+    if not args.skip_live and not args.quick:
+        import bench_live  # beside this script
+
+        print("\nlive append: an epoch file landing -> its embedding stored and shown (benchmarks/bench_live.py)")
+        out["live"] = bench_live.live_part([2000, 10000], trials=3)
+        bench_live.print_table(out["live"])
+        print(f"load average after the live rows {load_average()}")
     if args.scale:
         out["scale"] = [{"data": k[0], "method": k[1], **v} for k, v in scale_part(args).items()]
     print(f"load average at end {load_average()}")

@@ -274,11 +274,16 @@ def cmd_reduce(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     emb = reduce(args.run, params, progress="tqdm", n_jobs=args.jobs, force=args.force)
     seconds = time.perf_counter() - start
+    from .methods import LOOKS_AHEAD
+
+    # epochs of the stored embedding a growing run kept (see neuromapper.reduce, "Growing runs")
+    kept = 0 if before is None or emb.attrs["method"] == "aligned-umap" else (
+        before.sizes["epoch"] - (emb.attrs["method"] in LOOKS_AHEAD))
     if before is not None and before.sizes["epoch"] == emb.sizes["epoch"]:
         how = "found in the cache"
-    elif before is not None and emb.attrs["method"] != "aligned-umap":
+    elif kept > 0:
         how = (f"extended from {before.sizes['epoch']} to {emb.sizes['epoch']} epochs in {seconds:.1f} s "
-               "(earlier epochs kept)")
+               f"(the first {kept} kept as they were)")
     else:
         how = f"computed in {seconds:.1f} s"
     print(f"embedding {emb.attrs['key']} ({emb.attrs['method']}, {emb.attrs['backend']}) {how}: "

@@ -30,11 +30,18 @@ the last stored layout (:class:`neuromapper.methods.Continuation`), and stores t
 embedding under the same key: the stored coordinates and figures of the earlier epochs are kept
 as they are, byte for byte, trustworthiness and disparity are computed for the new epochs (the
 first new one's disparity against the last stored layout), and progress counts only the new
-(layer, epoch) units. For ``anchored-umap`` the result equals a reduction of all epochs at once;
-it reads the neighbour sets of the last stored epoch from the embedding's file
-(:func:`~neuromapper.store.load_neighbours`, stored with every ``anchored-umap`` embedding) instead
-of rebuilding that epoch's graph, and rebuilds them from its activations for an embedding stored
-without them. ``aligned-umap`` optimises all epochs jointly and cannot carry on: its embedding is
+(layer, epoch) units. ``anchored-umap`` lays each epoch out looking ahead to the next
+(:data:`neuromapper.methods.LOOKS_AHEAD`), so for it the last stored epoch, laid out with nothing
+to look ahead to, counts as new: it is laid out again, carrying on from the epoch before it. A
+live run's newest frame therefore moves once, when its successor arrives; no earlier frame ever
+moves. Why that and not a frame that never moves: looking ahead is what brings the method to
+``AlignedUMAP``'s quality where the structure changes (``benchmarks/RESULTS-reduce.md``,
+2026-11-30: without it 9 of 12 rows met issue 9's bar, with it all 12), and only the frame
+nobody has stepped past yet pays for it. For ``anchored-umap`` the result equals a reduction of
+all epochs at once; it reads the neighbour sets of the epoch it carries on from in the
+embedding's file (:func:`~neuromapper.store.load_neighbours`, stored with every ``anchored-umap``
+embedding) instead of rebuilding that epoch's graph, and rebuilds them from its activations for
+an embedding stored without them. ``aligned-umap`` optimises all epochs jointly and cannot carry on: its embedding is
 recomputed for every epoch. A run of a single epoch is reduced without alignment (its disparity
 is NaN), by every method.
 
@@ -496,7 +503,8 @@ def reduce(
     -----
     When the stored embedding covers only the first epochs of the run (it grew since), only the
     new epochs are computed, carrying on from the last stored layout, and the earlier epochs are
-    kept unchanged; ``aligned-umap`` recomputes all epochs instead (see the module docstring).
+    kept unchanged; ``anchored-umap`` also lays the last stored epoch out again (it can now look
+    ahead), and ``aligned-umap`` recomputes all epochs (see the module docstring).
     A run of one epoch is reduced without alignment; ``aligned-umap`` lays it out with plain UMAP.
 
     Raises

@@ -181,3 +181,19 @@ def test_a_message_to_a_closed_page_is_not_reported_as_a_server_error(caplog):
         loop.close()
     reported = [r.getMessage() + str(r.exc_info) for r in caplog.records if r.name == "asyncio"]
     assert len(reported) == 1 and "a real error" in reported[0]
+
+
+@pytest.mark.parametrize(("method", "kept"), [("anchored-umap", 2), ("pca", 3)])
+def test_reduce_on_a_grown_run_says_how_many_stored_epochs_it_kept(method, kept, tmp_path, capsys):
+    """anchored-umap lays the last stored epoch out again (it can now look ahead); pca keeps all three."""
+    path = make_synthetic_run(tmp_path / "run", n_samples=150, n_epochs=4, n_layers=1, dims=12, n_classes=3)
+    held = tmp_path / "held.nc"
+    store.epoch_file(path, 3).rename(held)  # epoch 3 not recorded yet
+    assert cli.main(["reduce", str(path), "--method", method]) == 0
+    assert "computed in" in capsys.readouterr().out
+    held.rename(store.epoch_file(path, 3))
+    assert cli.main(["reduce", str(path), "--method", method]) == 0
+    out = capsys.readouterr().out
+    assert "extended from 3 to 4 epochs in " in out and f"(the first {kept} kept as they were)" in out, out
+    assert cli.main(["reduce", str(path), "--method", method]) == 0
+    assert "found in the cache" in capsys.readouterr().out

@@ -116,6 +116,29 @@ def test_anchor_holds_points_whose_neighbourhood_is_unchanged():
     np.testing.assert_array_equal(first, second)  # seeded: bit-for-bit reproducible
 
 
+def _epoch_graph(x: np.ndarray, rows: np.ndarray, k: int = 6):
+    g = M.EpochGraph(rows=rows, data=x[rows])
+    g.knn_indices, g.knn_dists = M.nearest_neighbours(g.data, k, 0)
+    g.graph = fuzzy_graph(g.knn_indices, g.knn_dists, k)
+    return g
+
+
+def test_the_look_ahead_adds_the_next_epochs_edges_between_this_epochs_samples():
+    """Samples missing at either epoch (not finite there) are matched by id, not by position."""
+    rng = np.random.default_rng(2)
+    x0 = rng.normal(size=(60, 4)).astype(np.float32)
+    x1 = (x0 + rng.normal(scale=0.3, size=x0.shape)).astype(np.float32)
+    everyone, later, earlier = np.arange(60), np.arange(10, 60), np.arange(50)
+    assert M.LOOK_AHEAD > 0
+    for rows, next_rows in [(everyone, everyone), (everyone, later), (earlier, everyone), (earlier, later)]:
+        g, following = _epoch_graph(x0, rows), _epoch_graph(x1, next_rows)
+        ahead = np.zeros((60, 60))
+        ahead[np.ix_(next_rows, next_rows)] = following.graph.toarray()
+        expected = g.graph.toarray() + M.LOOK_AHEAD * ahead[np.ix_(rows, rows)]
+        np.testing.assert_allclose(M._looking_ahead(g, following, 60).toarray(), expected, rtol=1e-6)
+    assert M._looking_ahead(g, None, 60) is g.graph  # the last epoch: nothing to look ahead to
+
+
 # --- what the embedding must show ---------------------------------------------------------------
 
 

@@ -167,8 +167,10 @@ class SessionState(param.Parameterized):
         self._job_token = self._job_params = None
         if not set(int(e) for e in result["epoch"].values) <= set(self.run.epochs):
             self.run = self.run.grown() or self.run  # the job saw epochs recorded since this session looked
-        self.show_embedding(result)
+        # the status first: a "computing..." alert bound to it goes when the plots replace it, and a
+        # pane updated after its model went raises in Panel (KeyError in Pane._update_object)
         self.param.update(progress=None, status="computed and cached")
+        self.show_embedding(result)
         if [int(e) for e in result["epoch"].values] != self.run.epochs:
             self._request()  # the run grew while it was being reduced
 
