@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO   ?= data/demo
 
-.PHONY: setup chromium demo test bench
+.PHONY: setup chromium jemalloc demo test bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,13 +22,18 @@ setup: $(VENV)/.installed
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
 
-demo: setup
+# `neuromapper serve` runs under jemalloc when it is installed (closed sessions' memory goes back
+# to the system; README, "Many users"); skipped where there is no apt-get
+jemalloc:
+	@dpkg -s libjemalloc2 >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y libjemalloc2; }
+
+demo: setup jemalloc
 	$(BIN)/neuromapper demo --dataset moons --out data/moons --no-serve
 	$(BIN)/neuromapper demo --dataset digits-mlp --out data/digits-mlp --no-serve
 	$(BIN)/neuromapper demo --out $(DEMO) --no-serve
 	$(BIN)/neuromapper serve data
 
-test: setup chromium
+test: setup chromium jemalloc
 	$(BIN)/python -m pytest
 
 bench: setup chromium

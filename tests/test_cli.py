@@ -12,6 +12,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from http.cookiejar import CookieJar
+from pathlib import Path
 
 import pytest
 
@@ -86,6 +87,61 @@ def test_serve_passes_panels_basic_auth_through(run):
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def test_serve_runs_under_jemalloc_unless_the_user_chose_an_allocator(run, tmp_path, monkeypatch):
+    """``neuromapper serve`` restarts itself under jemalloc (closed sessions' memory goes back to the system).
+
+    Launched as ``python -m neuromapper.cli`` and as a program calling ``main(sys.argv[1:])`` (how
+    the browser tests and benchmarks start it); ``make test`` installs libjemalloc2.
+    """
+    from .ui.conftest import free_port, listening, start_serve, wait_until
+
+    assert any(os.path.exists(path) for path in cli.JEMALLOC_PATHS), "libjemalloc2 is not installed (make test does it)"
+    module = [sys.executable, "-m", "neuromapper.cli", "serve", str(run), "--no-show", "--port"]
+    for launch, given, jemalloc in (("module", None, True), ("module", "pymalloc", False), ("program", None, True)):
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONMALLOC", "LD_PRELOAD")}
+        if given is not None:
+            env["PYTHONMALLOC"] = given
+        port = free_port()
+        with open(tmp_path / "server.log", "w") as log:
+            if launch == "module":
+                proc = subprocess.Popen([*module, str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+            else:
+                monkeypatch.delenv("PYTHONMALLOC", raising=False)  # start_serve passes the test's environment on
+                monkeypatch.delenv("LD_PRELOAD", raising=False)
+                proc = start_serve(run, port, log)
+        try:
+            wait_until(lambda: listening(port) or proc.poll() is not None, timeout=90,  # noqa: B023
+                       message="the server to listen")
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()
+            maps = Path(f"/proc/{proc.pid}/maps").read_text()
+            environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+            assert ("libjemalloc" in maps) is jemalloc, (launch, given)
+            assert f"PYTHONMALLOC={'malloc' if jemalloc else given}".encode() in environ, (launch, given)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def test_without_jemalloc_serve_says_so_and_runs_on(monkeypatch, capsys):
+    for name in ("PYTHONMALLOC", "LD_PRELOAD"):
+        monkeypatch.delenv(name, raising=False)
+    started = []
+    monkeypatch.setattr(cli.os, "execve", lambda *args: started.append(args))
+    monkeypatch.setattr(cli, "JEMALLOC_PATHS", ("/nonexistent/libjemalloc.so.2",))
+    cli._restart_under_jemalloc()
+    assert not started and "jemalloc not found (Debian: apt-get install libjemalloc2)" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "JEMALLOC_PATHS", (sys.executable,))  # any file that exists
+    monkeypatch.setenv("MALLOC_CONF", "narenas:1")  # a user's jemalloc options are kept
+    cli._restart_under_jemalloc()
+    (executable, argv, env), = started
+    assert executable == sys.executable and argv == [sys.executable, *sys.orig_argv[1:]]
+    assert (env["LD_PRELOAD"], env["PYTHONMALLOC"], env["MALLOC_CONF"]) == (sys.executable, "malloc", "narenas:1")
+    started.clear()
+    monkeypatch.setenv("LD_PRELOAD", "/opt/my/allocator.so")  # the user's own allocator: no restart
+    cli._restart_under_jemalloc()
+    assert not started
 
 
 def test_export_to_a_directory_is_a_one_line_error(run, tmp_path):
