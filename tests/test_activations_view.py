@@ -391,6 +391,23 @@ def test_attack_arrows_start_at_the_benign_point_and_are_drawn_into_the_embeddin
         state.dispose()
 
 
+def test_the_embeddings_legend_mentions_the_arrows_only_while_they_are_drawn(twin_run):
+    from neuromapper.reduce import reduce
+    from neuromapper.views.embedding import EmbeddingView
+
+    state = SessionState(twin_run, embedding=reduce(twin_run, method="pca", progress=None))
+    view = EmbeddingView(state)
+    try:
+        view.shown = True
+        legend = view.__panel__()[0][0]
+        for arrows, mentioned in (("all", True), ("off", False), ("fooled", True)):
+            view.painter.attack_arrows = arrows
+            assert ("attacked twins fooled" in legend.object) is mentioned, arrows
+    finally:
+        view.dispose()
+        state.dispose()
+
+
 def test_a_page_is_built_when_first_shown_and_sees_what_was_chosen_before(twin_run):
     """The shell builds a page's view on its first showing; a selection made earlier is in its groups."""
     from neuromapper.views.shell import PAGES, App
