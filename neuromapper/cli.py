@@ -262,9 +262,9 @@ def _restart_under_jemalloc() -> None:
     pymalloc returns a 1 MiB arena only when every object in it is free, and the few hundred
     objects that libraries keep in their caches (Bokeh's decoded messages, HoloViews' option
     lookups, Tornado's file hashes) sit among the sessions' freed ones. jemalloc gives freed
-    pages back a page at a time: the same benchmark, the server under jemalloc, stayed 13 MB
-    above, with steps under load as fast (p50 1,659 ms against 1,874 ms; glibc's malloc, the
-    other page-granular choice, left 82 MB at 2,866 ms). Python cannot swap its allocator once
+    pages back a page at a time: the same benchmark, the server under jemalloc, stayed 11 MB
+    above, with steps under load as fast (p50 1,440 ms against 1,874 ms, one run each; glibc's
+    malloc, the other page-granular choice, left 82 MB at 2,866 ms). Python cannot swap its allocator once
     running, hence the restart (``LD_PRELOAD`` and ``PYTHONMALLOC=malloc`` are read at start).
     An allocator the user chose (``PYTHONMALLOC`` or ``LD_PRELOAD`` set) is kept, and without
     jemalloc the server runs as it is, after saying so; not on Windows (no ``exec`` that keeps

@@ -409,9 +409,9 @@ def _anchored_umap(activations, n_neighbors, min_dist, seed, on_epoch, should_st
         if previous_graph.usable:
             previous_ids = np.ascontiguousarray(after.neighbours[:, 1:], dtype=np.int64)
         steps, first, skip = list(activations), after.index + 1, 0
-    # (step, neighbour_ids) of the last two steps: the one before the last is where a later
-    # continuation starts (the last epoch is laid out again once its successor exists)
-    recent = deque(maxlen=2)
+    # neighbour_ids of the last step and of the one before: that one is where a later continuation
+    # starts (the last epoch is laid out again once its successor exists)
+    last_ids = before_last_ids = None
     stopped = False
 
     def stop() -> bool:
@@ -430,9 +430,8 @@ def _anchored_umap(activations, n_neighbors, min_dist, seed, on_epoch, should_st
                     queued.append(pool.submit(next, graphs, None))
                 if should_stop():
                     raise Stopped
-                all_ids = neighbour_ids(g, n_samples, n_neighbors)
-                recent.append((step, all_ids))
-                ids = np.ascontiguousarray(all_ids[:, 1:]) if g.usable else None
+                before_last_ids, last_ids = last_ids, neighbour_ids(g, n_samples, n_neighbors)
+                ids = np.ascontiguousarray(last_ids[:, 1:]) if g.usable else None
                 epoch = step - skip
                 if epoch < 0:
                     previous_ids = ids
@@ -449,8 +448,8 @@ def _anchored_umap(activations, n_neighbors, min_dist, seed, on_epoch, should_st
             stopped = True
             for future in queued:
                 future.cancel()
-    if on_neighbours is not None and len(steps) >= 2 and recent[0][0] == len(steps) - 2:
-        on_neighbours(recent[0][1])
+    if on_neighbours is not None and before_last_ids is not None:
+        on_neighbours(before_last_ids)
     return out, "cuml+numba" if cuml is not None else "numba"
 
 

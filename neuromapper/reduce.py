@@ -41,8 +41,8 @@ nobody has stepped past yet pays for it. For ``anchored-umap`` the result equals
 all epochs at once; it reads the neighbour sets of the epoch it carries on from in the
 embedding's file (:func:`~neuromapper.store.load_neighbours`, stored with every ``anchored-umap``
 embedding) instead of rebuilding that epoch's graph, and rebuilds them from its activations for
-an embedding stored without them. ``aligned-umap`` optimises all epochs jointly and cannot carry on: its embedding is
-recomputed for every epoch. A run of a single epoch is reduced without alignment (its disparity
+an embedding stored without them. ``aligned-umap`` optimises all epochs jointly and cannot carry
+on: its embedding is recomputed for every epoch. A run of a single epoch is reduced without alignment (its disparity
 is NaN), by every method.
 
 Parallelism

@@ -27,9 +27,9 @@ process and on any machine, so several parameter sets live side by side beside a
 restarts, and a lookup is a file-exists check. How the work is done (processes, a dask cluster,
 progress, cuML or not) is not part of the key. The JSON is exactly what NeuroMapper 0.1.0 hashed
 (``tests/test_reduce.py`` pins the key of the default parameters); version 2 (``anchored-umap``
-looks one epoch ahead) made the layouts of version 1 stale, so they are computed again. The epochs an embedding covers are not part of the key
-either: a run that grows keeps its key, and the stored embedding is extended (see
-:func:`neuromapper.reduce.reduce`).
+looks one epoch ahead) made the layouts of version 1 stale, so they are computed again. The
+epochs an embedding covers are not part of the key either: a run that grows keeps its key, and
+the stored embedding is extended (see :func:`neuromapper.reduce.reduce`).
 """
 
 from __future__ import annotations

@@ -199,13 +199,16 @@ def test_embedding_from_another_run_is_refused(embedded):
 
 
 def test_other_parameters_compute_in_the_background_then_hit_the_cache(state):
-    seen = []
+    seen, status_when_shown = [], []
     state.param.watch(lambda event: seen.append(event.new), "progress")
+    # the plots replace the "computing..." alert: its status is final before they do (views/state.py)
+    state.param.watch(lambda event: status_when_shown.append(state.status), "scene")
     state.reduce_params = ReduceParams(per_class=25)
     deadline = time.monotonic() + 120
-    while state.status != "computed and cached" and time.monotonic() < deadline:
+    while len(state.scene) != 250 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert len(state.scene) == 250 and seen[0] == -1 and 100 in seen and state.progress is None
+    assert state.status == "computed and cached" and status_when_shown == ["computed and cached"]
     state.reduce_params = ReduceParams(min_dist=0.1 + 0.05 * 0)  # canonical: the stored default
     assert len(state.scene) == 300 and state.status.startswith("cached")
 

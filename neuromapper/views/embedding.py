@@ -269,9 +269,10 @@ class EmbeddingView(Page):
             span.location = event.new
 
     def __panel__(self):
-        legend = self.live_html(self.painter.legend_html, self.painter.param.color_by, self.painter.param.show,
-                                self.painter.param.attack_arrows, self.painter.param.layers, self.state.param.epoch, self.state.param.classes, self.state.param.selection_version,
-                                self.state.param.scene, sizing_mode="stretch_width", css_classes=["nm-legend-pane"])
+        painter, state = self.painter.param, self.state.param
+        legend = self.live_html(self.painter.legend_html, painter.color_by, painter.show, painter.attack_arrows,
+                                painter.layers, state.epoch, state.classes, state.selection_version, state.scene,
+                                sizing_mode="stretch_width", css_classes=["nm-legend-pane"])
         curves = pn.panel(pn.bind(lambda *_: self._curves(), self.state.param.run), sizing_mode="stretch_width")
         return pn.Column(pn.Row(legend, self._card(), sizing_mode="stretch_width"), self._main, curves,
                          sizing_mode="stretch_width")
